@@ -82,6 +82,47 @@ def data_sample(
     typer.echo(f"wrote {people} train and {eval_people} eval people to {out_dir}")
 
 
+@app.command()
+def train(
+    task: Annotated[TaskName, typer.Argument(help="Which specialist (or the joint 18-class baseline).")],
+    overrides: Annotated[Optional[List[str]], typer.Argument(help="key=value config overrides, e.g. lr=3e-4 epochs=4.")] = None,
+    resume: Annotated[Optional[Path], typer.Option(help="Run folder to continue from its last.pt.")] = None,
+    config_file: Annotated[Optional[Path], typer.Option("--config", help="YAML to use instead of configs/<task>.yaml.")] = None,
+):
+    """Train one specialist on the shared engine; writes runs/<task>/<name>/."""
+    from .checkpoint import CheckpointError, checkpoint_config, load_checkpoint
+    from .config import ConfigError, load_config, merge, parse_overrides, validate
+    from .data import DataError
+    from .engine import fit
+    from .models import WeightsError
+
+    try:
+        if resume:
+            config = checkpoint_config(load_checkpoint(resume / "last.pt"))
+            config = merge(config, parse_overrides(overrides or []), "command line")
+            validate(config)
+        else:
+            config = load_config(task.value, overrides or [], config_file)
+        run_dir = fit(config, resume=resume)
+    except (ConfigError, DataError, WeightsError, CheckpointError) as err:
+        fail(str(err))
+    typer.echo(f"run folder: {run_dir}")
+
+
+@app.command()
+def demo(
+    out_dir: Annotated[Path, typer.Option(help="Where the sample dataset and runs go.")] = Path("sample_data"),
+):
+    """The main job on built-in sample data: generate a tiny dataset, check it, summarise it."""
+    steps = [["data", "sample", str(out_dir / "faces"), "--people", "60", "--eval-people", "20"],
+             ["data", "check", str(out_dir / "faces")],
+             ["data", "summary", str(out_dir / "faces")]]
+    for step in steps:
+        typer.echo(f"\n$ maskcls {' '.join(step)}")
+        app(step, standalone_mode=False)
+    typer.echo(f"\ndemo done: sample dataset in {out_dir / 'faces'}")
+
+
 def main() -> None:
     app()
 

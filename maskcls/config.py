@@ -61,7 +61,8 @@ class Config:
     folds: int = 5
     # runtime
     seed: int = 42
-    workers: int = 2
+    preload: bool = True  # decode, crop and resize every image once into memory before training
+    workers: int = 0  # loader worker processes (augmentation only when preloaded)
     device: str = "auto"  # auto | cpu | cuda | mps
     amp: bool = True  # bf16/fp16 on CUDA; always off on CPU
     channels_last: bool = True
@@ -103,17 +104,20 @@ def _coerce(key: str, value, source: str):
 
 def _scalar(kind, value):
     if kind is bool:
-        if isinstance(value, bool):
-            return value
+        if isinstance(value, bool) or value in (0, 1):  # YAML has already turned "0"/"1" into ints
+            return bool(value)
         if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "1", "0"):
             return value.lower() in ("true", "yes", "1")
         raise ValueError("expected true or false")
+    if kind in (int, float) and isinstance(value, (bool, str)):
+        try:  # YAML 1.1 reads 3e-4 (no dot) as a string, so parse it here
+            value = float(value) if isinstance(value, str) else None
+        except ValueError:
+            value = None
+        if value is None:
+            raise ValueError("expected a number")
     if kind is int and isinstance(value, float) and not value.is_integer():
         raise ValueError("expected a whole number")
-    if kind in (int, float) and isinstance(value, (bool, str)):
-        value = yaml.safe_load(value) if isinstance(value, str) else value
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ValueError("expected a number")
     return kind(value) if value is not None else kind()
 
 

@@ -121,7 +121,8 @@ def _csv_against_folders(table: pd.DataFrame, csv_path: Path, images_dir: Path, 
     for line, row in table.iterrows():
         listed.add(row["path"])
         folder = images_dir / row["path"]
-        if not folder.is_dir():
+        # an empty path or ".." would name images_dir or its parent: not a profile folder
+        if folder.parent != images_dir or not visible(folder) or not folder.is_dir():
             problems.append(Problem(csv_path, f"line {line + 2}: no folder {folder} for id {row['id']}"))
             continue
         meta = parse_folder(row["path"])

@@ -5,16 +5,22 @@ import numpy as np
 import pandas as pd
 from sklearn.model_selection import StratifiedKFold
 
+from .labels import DEFAULT_AGE_BOUNDS, age_band
+
 
 def people_table(images: pd.DataFrame) -> pd.DataFrame:
-    """One row per person (person, gender, age_band), sorted by id so the split is order-independent."""
-    return images.groupby("person", sort=True)[["gender", "age_band"]].first().reset_index()
+    """One row per person (person, gender, age, age_band), sorted by id so the split is order-independent."""
+    return images.groupby("person", sort=True)[["gender", "age", "age_band"]].first().reset_index()
 
 
 def fold_of_people(images: pd.DataFrame, folds: int, seed: int) -> pd.Series:
-    """person id -> fold index (0..folds-1), stratified on gender x age band."""
+    """person id -> fold index (0..folds-1), stratified on gender x age band.
+
+    The strata use the default band edges whatever a task's own ``age_bounds``: the three specialists
+    then hold out the same people, so their validation predictions can be merged into 18 classes.
+    """
     people = people_table(images)
-    strata = people["gender"] * 3 + people["age_band"]
+    strata = people["gender"] * 3 + age_band(people["age"].to_numpy(), DEFAULT_AGE_BOUNDS)
     # a stratum with fewer people than folds cannot be spread over every fold; merge it into "rare"
     counts = strata.map(strata.value_counts())
     strata = strata.where(counts >= folds, -1)

@@ -1,0 +1,57 @@
+"""Checkpoints: one dict of state dicts and plain data, written atomically, loadable with weights_only=True."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from .config import Config, config_from_dict
+from .io import atomic_path
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that is missing or unreadable; the message names the file."""
+
+
+def save_checkpoint(path: Path, **state) -> None:
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
+
+
+def load_checkpoint(path: Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: checkpoint does not exist")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        raise CheckpointError(f"{path}: cannot be read as a maskcls checkpoint ({type(err).__name__}: {err})") from None
+
+
+def checkpoint_config(state: dict) -> Config:
+    return config_from_dict(state["config"])
+
+
+def next_run_dir(project: Path, task: str, name: str = "") -> Path:
+    """``runs/<task>/<name>``, or the first free of exp, exp2, exp3, ... when no name is given."""
+    base = Path(project) / task
+    if name:
+        return base / name
+    index = 1
+    while (base / ("exp" if index == 1 else f"exp{index}")).exists():
+        index += 1
+    return base / ("exp" if index == 1 else f"exp{index}")
+
+
+def load_model(run_or_checkpoint: Path, which: str = "best"):
+    """(model in eval mode, config, checkpoint dict) from a run folder (``best.pt``/``last.pt``) or a .pt file."""
+    from .models import build_model
+
+    path = Path(run_or_checkpoint)
+    if path.is_dir():
+        path = path / f"{which}.pt"
+    state = load_checkpoint(path)
+    config = checkpoint_config(state)
+    model = build_model(config.__class__(**{**config.__dict__, "pretrained": "none"}))
+    model.load_state_dict(state["model"])
+    return model.eval(), config, state

@@ -1,0 +1,288 @@
+"""One engine for every task: the Engine owns device, precision, seeding and loaders; ``train_one_epoch``,
+``evaluate`` and ``fit`` are plain functions. Nothing here branches on the task: a task is its config.
+"""
+from __future__ import annotations
+
+import math
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, WeightedRandomSampler
+
+from .config import Config, save_config
+from .data import DataError, load_train, split_images
+from .data.dataset import ImageDataset, seed_worker
+from .io import atomic_write_csv
+from .losses import build_loss
+from .metrics import accuracy, confusion, macro_f1
+from .models import build_model, model_mean_std
+from .progress import progress
+from .tasks import get_task
+from .transforms import build_transforms
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    if name != "auto":
+        return torch.device(name)
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+@dataclass
+class Engine:
+    """Device, mixed precision (bf16, else fp16 with a grad scaler, on CUDA only), channels-last, loaders."""
+
+    device: torch.device = field(default_factory=pick_device)
+    amp: bool = True
+    channels_last: bool = True
+    workers: int = 0
+
+    def __post_init__(self):
+        self.device = torch.device(self.device)
+        on_cuda = self.device.type == "cuda"
+        self.amp_dtype = None
+        if self.amp and on_cuda:
+            self.amp_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
+        self.rank, self.world_size = 0, 1
+
+    @classmethod
+    def from_config(cls, config: Config) -> "Engine":
+        return cls(pick_device(config.device), config.amp, config.channels_last, config.workers)
+
+    @property
+    def is_main(self) -> bool:
+        """True in the one process that writes files, logs and progress bars."""
+        return self.rank == 0
+
+    def autocast(self):
+        return torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None)
+
+    def setup_model(self, model: nn.Module) -> nn.Module:
+        memory_format = torch.channels_last if self.channels_last else torch.contiguous_format
+        return model.to(self.device, memory_format=memory_format)
+
+    def to_device(self, images: torch.Tensor, targets: torch.Tensor):
+        memory_format = torch.channels_last if self.channels_last else torch.contiguous_format
+        return (images.to(self.device, non_blocking=True, memory_format=memory_format),
+                targets.to(self.device, non_blocking=True))
+
+    def step(self, loss: torch.Tensor, optimizer: torch.optim.Optimizer) -> None:
+        """Backward, optimizer step and scaler update; the loop never branches on precision."""
+        optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        self.scaler.step(optimizer)
+        self.scaler.update()
+
+    def loader(self, dataset, batch_size: int, train: bool, seed: int = 0, sample_weights=None) -> DataLoader:
+        """Shuffled (or weighted-sampled) and drop-last for training, in order for evaluation."""
+        generator = torch.Generator().manual_seed(seed)
+        sampler = None
+        if train and sample_weights is not None:
+            sampler = WeightedRandomSampler(torch.as_tensor(sample_weights, dtype=torch.double), len(dataset),
+                                            replacement=True, generator=generator)
+        return DataLoader(dataset, batch_size=batch_size, shuffle=train and sampler is None, sampler=sampler,
+                          drop_last=train and len(dataset) > batch_size, num_workers=self.workers,
+                          worker_init_fn=seed_worker, generator=generator,
+                          pin_memory=self.device.type == "cuda", persistent_workers=False)
+
+
+def train_one_epoch(model, loader, loss_fn, optimizer, scheduler, engine: Engine, desc: str = "train") -> dict:
+    model.train()
+    total_loss, seen, start = 0.0, 0, time.perf_counter()
+    bar = progress(loader, desc=desc, disable=None if engine.is_main else True)
+    for images, targets in bar:
+        images, targets = engine.to_device(images, targets)
+        with engine.autocast():
+            loss = loss_fn(model(images), targets)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"loss is {loss.item()} at image {seen}: lower lr or check the data")
+        engine.step(loss, optimizer)
+        scheduler.step()
+        total_loss += loss.item() * len(targets)
+        seen += len(targets)
+        bar.set_postfix(loss=f"{total_loss / seen:.4f}", img_s=f"{seen / (time.perf_counter() - start):.1f}")
+    seconds = time.perf_counter() - start
+    return {"train_loss": total_loss / max(seen, 1), "seconds": seconds, "images_per_s": seen / max(seconds, 1e-9)}
+
+
+@torch.no_grad()
+def predict_logits(model, loader, engine: Engine, desc: str = "predict") -> tuple[torch.Tensor, torch.Tensor]:
+    """(logits, targets) for the whole loader, on the CPU, in loader order."""
+    model.eval()
+    logits, targets = [], []
+    for images, target in progress(loader, desc=desc, disable=None if engine.is_main else True):
+        images, _ = engine.to_device(images, target)
+        with engine.autocast():
+            logits.append(model(images).float().cpu())
+        targets.append(target)
+    return torch.cat(logits), torch.cat(targets)
+
+
+def evaluate(model, loader, loss_fn, engine: Engine, num_classes: int) -> dict:
+    """Loss, macro F1 and accuracy over the whole set (never averaged per batch), plus the predictions."""
+    logits, targets = predict_logits(model, loader, engine, desc="val")
+    preds = logits.argmax(1).numpy()
+    return {"val_loss": float(loss_fn.cpu()(logits, targets)), "val_f1": macro_f1(targets.numpy(), preds, num_classes),
+            "val_acc": accuracy(targets.numpy(), preds), "targets": targets.numpy(), "preds": preds}
+
+
+def build_optimizer(config: Config, model: nn.Module) -> torch.optim.Optimizer:
+    params = [p for p in model.parameters() if p.requires_grad]
+    if config.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay,
+                               nesterov=True)
+    kind = torch.optim.AdamW if config.optimizer == "adamw" else torch.optim.Adam
+    return kind(params, lr=config.lr, weight_decay=config.weight_decay)
+
+
+def lr_factor(step: int, steps_per_epoch: int, config: Config) -> float:
+    """Multiplier of the base lr after ``step`` optimizer steps: linear warm-up, then cosine or step decay."""
+    warmup_steps = config.warmup_epochs * steps_per_epoch
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    if config.scheduler == "step":
+        return config.step_gamma ** ((step // steps_per_epoch) // config.step_epochs)
+    total_steps = config.epochs * steps_per_epoch
+    done = (step - warmup_steps) / max(1.0, total_steps - warmup_steps)
+    return 0.5 * (1 + math.cos(math.pi * min(done, 1.0)))
+
+
+def build_scheduler(config: Config, optimizer, steps_per_epoch: int):
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, steps_per_epoch, config))
+
+
+@dataclass
+class TrainData:
+    train: ImageDataset
+    val: ImageDataset | None
+    class_counts: np.ndarray
+    sample_weights: np.ndarray | None
+
+
+def build_datasets(config: Config, mean, std) -> TrainData:
+    """Train/val datasets on a person-level fold (or all people with ``val=none``)."""
+    from .data.crop import build_image_loader
+
+    task = get_task(config.task)
+    images = load_train(config.data_dir, config.age_bounds, config.label_fixes)
+    if config.val == "fold":
+        train_images, val_images = split_images(images, config.folds, config.fold, config.seed)
+    else:
+        train_images, val_images = images, None
+    if train_images.empty:
+        raise DataError(f"{config.data_dir}: no training images left after the split")
+    image_loader = build_image_loader(config)
+    targets = train_images[task.label_column].to_numpy()
+    counts = np.bincount(targets, minlength=task.num_classes)
+    weights = (1.0 / np.maximum(counts, 1))[targets] if config.sampler == "weighted" else None
+
+    def dataset(table, train):
+        transform = build_transforms(config.augment, config.img_size, mean, std, train=train)
+        return ImageDataset(table["path"].tolist(), table[task.label_column].tolist(), transform, image_loader,
+                            preload_size=config.img_size if config.preload else None)
+
+    val = dataset(val_images, False) if val_images is not None and not val_images.empty else None
+    return TrainData(dataset(train_images, True), val, counts, weights)
+
+
+def fit(config: Config, resume: Path | None = None) -> Path:
+    """Train ``config.task`` and return the run folder; with ``resume``, continue from its last.pt."""
+    from .checkpoint import load_checkpoint, next_run_dir, save_checkpoint
+    from .run_log import RunLog
+
+    task = get_task(config.task)
+    engine = Engine.from_config(config)
+    seed_everything(config.seed)
+    state = load_checkpoint(Path(resume) / "last.pt") if resume else None
+    model = build_model(config if state is None else _without_download(config))
+    mean, std = model_mean_std(model)
+    data = build_datasets(config, mean, std)
+    model = engine.setup_model(model)
+    loss_fn = build_loss(config, task.num_classes, data.class_counts).to(engine.device)
+    optimizer = build_optimizer(config, model)
+    train_loader = engine.loader(data.train, config.batch_size, train=True, seed=config.seed,
+                                 sample_weights=data.sample_weights)
+    scheduler = build_scheduler(config, optimizer, len(train_loader))
+    val_loader = engine.loader(data.val, config.batch_size, train=False) if data.val is not None else None
+
+    run_dir = Path(resume) if resume else next_run_dir(Path(config.project), config.task, config.name)
+    start_epoch, best_f1 = 0, -1.0
+    if state is not None:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        engine.scaler.load_state_dict(state["scaler"])
+        start_epoch, best_f1 = state["epoch"] + 1, state["best_f1"]
+    if engine.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        save_config(config, run_dir / "config.yaml")
+    log = RunLog(run_dir, start_epoch) if engine.is_main else None
+
+    for epoch in range(start_epoch, config.epochs):
+        # reseed per epoch: the data order, augmentations and dropout of epoch k do not depend on
+        # whether the run was resumed, so a resumed run ends with the same weights
+        seed_everything(config.seed + epoch)
+        train_loader = engine.loader(data.train, config.batch_size, train=True, seed=config.seed + epoch,
+                                     sample_weights=data.sample_weights)
+        data.train.transform.set_random_seed(config.seed + epoch)
+        lr = optimizer.param_groups[0]["lr"]
+        row = {"epoch": epoch, "lr": lr, **train_one_epoch(model, train_loader, loss_fn, optimizer, scheduler,
+                                                           engine, desc=f"{config.task} {epoch + 1}/{config.epochs}")}
+        improved = val_loader is None
+        if val_loader is not None:
+            val = evaluate(model, val_loader, loss_fn, engine, task.num_classes)
+            row.update({k: val[k] for k in ("val_loss", "val_f1", "val_acc")})
+            improved = val["val_f1"] > best_f1  # higher is better
+            best_f1 = max(best_f1, val["val_f1"])
+        loss_fn.to(engine.device)
+        if engine.is_main:
+            checkpoint = {"model": _unwrap(model).state_dict(), "optimizer": optimizer.state_dict(),
+                          "scheduler": scheduler.state_dict(), "scaler": engine.scaler.state_dict(),
+                          "epoch": epoch, "best_f1": best_f1, "config": config.to_dict(),
+                          "class_names": list(task.class_names), "mean": list(mean), "std": list(std),
+                          "metrics": {k: v for k, v in row.items() if v is not None}}
+            if improved:
+                save_checkpoint(run_dir / "best.pt", **checkpoint)
+                if val_loader is not None:
+                    log.log_confusion(confusion(val["targets"], val["preds"], task.num_classes), task.class_names,
+                                      f"{config.task} val, epoch {epoch}: macro F1 {val['val_f1']:.4f}")
+            save_checkpoint(run_dir / "last.pt", **checkpoint)
+            log.log_epoch(row)
+            print(_epoch_line(config, row), flush=True)
+    if log is not None:
+        log.close()
+    return run_dir
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    return getattr(model, "module", model)
+
+
+def _without_download(config: Config) -> Config:
+    """On resume the weights come from last.pt: never fetch or map pretrained ones again."""
+    import dataclasses
+
+    return dataclasses.replace(config, pretrained="none")
+
+
+def _epoch_line(config: Config, row: dict) -> str:
+    val = f" val_loss {row['val_loss']:.4f} val_f1 {row['val_f1']:.4f} val_acc {row['val_acc']:.4f}" \
+        if row.get("val_f1") is not None else ""
+    return (f"{config.task} epoch {row['epoch'] + 1}/{config.epochs}: train_loss {row['train_loss']:.4f}{val} "
+            f"lr {row['lr']:.2e} {row['seconds']:.1f}s {row['images_per_s']:.1f} img/s")

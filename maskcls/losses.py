@@ -1,0 +1,80 @@
+"""Small loss modules and build_loss(config, class_counts)."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .config import Config
+
+
+class FocalLoss(nn.Module):
+    """Focal loss (Lin et al. 2017): mean of ``-w_y (1 - p_y)^gamma log p_y``; gamma 0 is cross-entropy."""
+
+    def __init__(self, gamma: float = 2.0, weight: torch.Tensor | None = None):
+        super().__init__()
+        if gamma < 0:
+            raise ValueError(f"gamma must be >= 0, got {gamma}")
+        self.gamma = gamma
+        self.register_buffer("weight", weight)
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        log_p = F.log_softmax(logits.float(), dim=1).gather(1, target[:, None]).squeeze(1)
+        loss = -((1 - log_p.exp()) ** self.gamma) * log_p
+        if self.weight is not None:
+            w = self.weight[target]
+            return (w * loss).sum() / w.sum()
+        return loss.mean()
+
+
+class SoftF1Loss(nn.Module):
+    """1 - mean per-class F1 over the batch, with probabilities in place of hard counts."""
+
+    def __init__(self, num_classes: int, eps: float = 1e-7):
+        super().__init__()
+        if num_classes < 2:
+            raise ValueError(f"num_classes must be >= 2, got {num_classes}")
+        self.num_classes, self.eps = num_classes, eps
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        probs = F.softmax(logits.float(), dim=1)
+        onehot = F.one_hot(target, self.num_classes).float()
+        tp = (probs * onehot).sum(0)
+        fp = (probs * (1 - onehot)).sum(0)
+        fn = ((1 - probs) * onehot).sum(0)
+        f1 = 2 * tp / (2 * tp + fp + fn + self.eps)
+        return 1 - f1.mean()
+
+
+class SumLoss(nn.Module):
+    """Sum of several losses (``ce_f1``: cross-entropy keeps gradients well scaled, F1 targets the metric)."""
+
+    def __init__(self, *losses: nn.Module):
+        super().__init__()
+        self.losses = nn.ModuleList(losses)
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return sum(loss(logits, target) for loss in self.losses)
+
+
+def balanced_weights(class_counts) -> torch.Tensor:
+    """Inverse class frequency, scaled so a balanced set gets 1 everywhere (absent classes get 0)."""
+    counts = np.asarray(class_counts, dtype=np.float64)
+    weights = np.where(counts > 0, counts.sum() / (len(counts) * np.maximum(counts, 1)), 0.0)
+    return torch.tensor(weights, dtype=torch.float32)
+
+
+def build_loss(config: Config, num_classes: int, class_counts=None) -> nn.Module:
+    weight = balanced_weights(class_counts) if config.class_weights == "balanced" else None
+    if config.loss == "ce":
+        return nn.CrossEntropyLoss(weight=weight)
+    if config.loss == "label_smoothing":
+        return nn.CrossEntropyLoss(weight=weight, label_smoothing=config.label_smoothing)
+    if config.loss == "focal":
+        return FocalLoss(config.focal_gamma, weight)
+    if config.loss == "f1":
+        return SoftF1Loss(num_classes)
+    if config.loss == "ce_f1":
+        return SumLoss(nn.CrossEntropyLoss(weight=weight), SoftF1Loss(num_classes))
+    raise ValueError(f"unknown loss {config.loss!r}")

