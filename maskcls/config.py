@@ -118,7 +118,9 @@ def _scalar(kind, value):
             raise ValueError("expected a number")
     if kind is int and isinstance(value, float) and not value.is_integer():
         raise ValueError("expected a whole number")
-    return kind(value) if value is not None else kind()
+    if value is None:
+        raise ValueError("no value given")
+    return kind(value)
 
 
 def _check_key(key: str, source: str) -> None:

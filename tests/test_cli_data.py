@@ -124,6 +124,13 @@ def test_summary_on_a_broken_dataset_is_one_line(dataset_copy, tmp_path):
     assert not (tmp_path / "x.png").exists()
 
 
+@pytest.mark.parametrize("bounds", ["60,30", "30", "30,60,90", "x,60"])
+def test_summary_rejects_bad_age_bounds_in_one_line(sample_dataset, tmp_path, bounds):
+    result = run("data", "summary", sample_dataset, "--out", tmp_path / "x.png", "--age-bounds", bounds)
+    assert result.exit_code == 1
+    assert result.stderr == f"error: --age-bounds {bounds}: expected two increasing whole numbers, such as 30,60\n"
+
+
 def test_summary_with_a_bad_fixes_file(sample_dataset, tmp_path):
     result = run("data", "summary", sample_dataset, "--out", tmp_path / "x.png", "--label-fixes", tmp_path / "no.yaml")
     assert result.exit_code == 1

@@ -243,9 +243,10 @@ def test_missing_fixes_file(tmp_path):
 def make_people_images(n: int = 400, seed: int = 0) -> pd.DataFrame:
     """One image row per person, genders and age bands in the competition's proportions."""
     rng = np.random.default_rng(seed)
-    return pd.DataFrame({"person": [f"{i:06d}" for i in range(n)],
-                         "gender": (rng.random(n) < 0.61).astype(int),
-                         "age_band": rng.choice(3, n, p=[0.47, 0.45, 0.08])})
+    band = rng.choice(3, n, p=[0.47, 0.45, 0.08])
+    age = np.choose(band, [rng.integers(18, 30, n), rng.integers(30, 60, n), rng.integers(60, 76, n)])
+    return pd.DataFrame({"person": [f"{i:06d}" for i in range(n)], "gender": (rng.random(n) < 0.61).astype(int),
+                         "age": age, "age_band": band})
 
 
 @pytest.mark.filterwarnings("ignore:The least populated class")  # 12 people cannot fill every stratum
@@ -282,6 +283,14 @@ def test_split_is_deterministic_per_seed_and_row_order():
     shuffled = people.sample(frac=1.0, random_state=3)
     pd.testing.assert_series_equal(first, fold_of_people(shuffled, folds=5, seed=7))
     assert (first != fold_of_people(people, folds=5, seed=8)).any()
+
+
+def test_split_is_the_same_for_every_age_bounds():
+    # the specialists must hold out the same people so their validation predictions can be merged
+    people = make_people_images(200)
+    moved = labelled(people.assign(mask=0), (30, 58))
+    assert (moved["age_band"] != people["age_band"]).any()
+    pd.testing.assert_series_equal(fold_of_people(people, folds=5, seed=3), fold_of_people(moved, folds=5, seed=3))
 
 
 def test_split_rejects_a_fold_out_of_range(images):
