@@ -58,7 +58,13 @@ def data_summary(
     from .plots import plot_class_counts
 
     try:
-        images = load_train(data_dir, tuple(int(a) for a in age_bounds.split(",")), label_fixes)
+        bounds = tuple(int(a) for a in age_bounds.split(","))
+        if len(bounds) != 2 or not bounds[0] < bounds[1]:
+            raise ValueError
+    except ValueError:
+        fail(f"--age-bounds {age_bounds}: expected two increasing whole numbers, such as 30,60")
+    try:
+        images = load_train(data_dir, bounds, label_fixes)
     except DataError as err:
         fail(str(err))
     typer.echo(format_summary(images))
@@ -121,6 +127,133 @@ def demo(
         typer.echo(f"\n$ maskcls {' '.join(step)}")
         app(step, standalone_mode=False)
     typer.echo(f"\ndemo done: sample dataset in {out_dir / 'faces'}")
+
+
+# --- predict, combine, submit, evaluate, compare --------------------------------------------------
+
+class SplitName(str, Enum):
+    eval = "eval"
+    val = "val"
+
+
+class VoteName(str, Enum):
+    soft = "soft"
+    hard = "hard"
+
+
+class Checkpoint(str, Enum):
+    best = "best"
+    last = "last"
+
+
+def _input_errors():
+    from .checkpoint import CheckpointError
+    from .config import ConfigError
+    from .data import DataError
+    from .models import WeightsError
+
+    return DataError, CheckpointError, ConfigError, WeightsError
+
+
+@app.command()
+def predict(
+    task: Annotated[TaskName, typer.Argument(help="Which task the runs were trained for.")],
+    runs: Annotated[List[Path], typer.Argument(help="Run folders (or .pt files) of that task; several are voted.")],
+    data_dir: Annotated[Path, typer.Argument(help="Dataset folder holding eval/ (and train/ for --split val).")],
+    split: Annotated[SplitName, typer.Option(help="eval: info.csv images; val: the runs' held-out people.")] = SplitName.eval,
+    tta: Annotated[bool, typer.Option(help="Average the original, flipped and config `tta` views.")] = False,
+    vote: Annotated[VoteName, typer.Option(help="soft: mean probability; hard: majority of argmaxes.")] = VoteName.soft,
+    out: Annotated[Optional[Path], typer.Option(help="CSV (default: <first run>/pred_<split>[_tta][_<vote>N].csv).")] = None,
+    which: Annotated[Checkpoint, typer.Option(help="Checkpoint in each run folder.")] = Checkpoint.best,
+    device: Annotated[str, typer.Option(help="auto | cpu | cuda | mps.")] = "auto",
+):
+    """Write per-image class probabilities of one task's runs to a CSV (and a JSON note beside it)."""
+    from .submit import default_output, predict_runs, write_predictions
+
+    try:
+        table, note = predict_runs(runs, split.value, data_dir, tta, vote.value, which.value, device, task.value)
+        path = write_predictions(table, out or default_output(runs, split.value, tta, vote.value), note)
+    except _input_errors() as err:
+        fail(str(err))
+    typer.echo(f"{task.value} {split.value}: {len(table)} images, {len(runs)} run(s), views {'+'.join(note['views'])}"
+               f" -> {path}")
+
+
+@app.command()
+def combine(
+    mask: Annotated[Path, typer.Argument(help="Mask prediction CSV (from maskcls predict).")],
+    age: Annotated[Path, typer.Argument(help="Age prediction CSV.")],
+    gender: Annotated[Path, typer.Argument(help="Gender prediction CSV.")],
+    out: Annotated[Optional[Path], typer.Option(help="Eval: submission (default submission.csv); val: path,ans,label.")] = None,
+    data_dir: Annotated[Optional[Path], typer.Option(help="Folder with eval/info.csv (default: the mask CSV's note).")] = None,
+    tune: Annotated[bool, typer.Option(help="Val inputs: fit per-class biases for 18-class macro F1; store them.")] = False,
+    bias: Annotated[Optional[str], typer.Option(help="Bias YAML, or none (default: the stored one, if tuned on these runs).")] = None,
+    bias_out: Annotated[Optional[Path], typer.Option(help="Where --tune stores it (default: <project>/bias.yaml).")] = None,
+):
+    """Merge mask, age and gender predictions into 18 classes: a submission (eval) or a score (val)."""
+    from .combine import combine_files
+
+    try:
+        lines = combine_files(mask, age, gender, out, data_dir, tune, bias, bias_out)
+    except _input_errors() as err:
+        fail(str(err))
+    typer.echo("\n".join(lines))
+
+
+@app.command()
+def submit(
+    mask: Annotated[Optional[List[Path]], typer.Option(help="Mask run (repeat to average; default: newest in <project>/mask).")] = None,
+    age: Annotated[Optional[List[Path]], typer.Option(help="Age run (repeat to average; default: newest).")] = None,
+    gender: Annotated[Optional[List[Path]], typer.Option(help="Gender run (repeat to average; default: newest).")] = None,
+    data_dir: Annotated[Optional[Path], typer.Option(help="Folder with eval/ (default: the runs' data_dir).")] = None,
+    tta: Annotated[bool, typer.Option(help="Average the original, flipped and config `tta` views.")] = False,
+    out: Annotated[Path, typer.Option(help="Submission CSV to write.")] = Path("submission.csv"),
+    bias: Annotated[Optional[str], typer.Option(help="Bias YAML, or none (default: <project>/bias.yaml if tuned on these runs).")] = None,
+    project: Annotated[Path, typer.Option(help="Folder holding <task>/<run>/ for the default runs.")] = Path("runs"),
+    which: Annotated[Checkpoint, typer.Option(help="Checkpoint in each run folder.")] = Checkpoint.best,
+    device: Annotated[str, typer.Option(help="auto | cpu | cuda | mps.")] = "auto",
+):
+    """Predict eval with the best checkpoint of each task and combine them into the 18-class submission CSV."""
+    from .submit import make_submission, newest_run
+
+    try:
+        chosen = {"mask": mask, "age": age, "gender": gender}
+        runs = {task: list(given or [newest_run(project, task, which.value)]) for task, given in chosen.items()}
+        lines = make_submission(runs, out, data_dir, tta, bias, which.value, device)
+    except _input_errors() as err:
+        fail(str(err))
+    typer.echo("\n".join(lines))
+
+
+@app.command()
+def evaluate(
+    submission: Annotated[Path, typer.Argument(help="Submission CSV (ImageID,ans).")],
+    labels: Annotated[Path, typer.Argument(help="Labels CSV with the true ans per ImageID (e.g. eval/labels.csv).")],
+    confusion_png: Annotated[Optional[Path], typer.Option("--confusion", help="PNG (default: <submission>_confusion.png).")] = None,
+):
+    """Print 18-class and per-task macro F1, accuracy and a per-class table; write the confusion matrix PNG."""
+    from .evaluate import evaluate_files
+
+    try:
+        lines = evaluate_files(submission, labels, confusion_png)
+    except _input_errors() as err:
+        fail(str(err))
+    typer.echo("\n".join(lines))
+
+
+@app.command()
+def compare(
+    a: Annotated[Path, typer.Argument(help="First submission CSV.")],
+    b: Annotated[Path, typer.Argument(help="Second submission CSV.")],
+):
+    """Print how many answers of two submissions differ, by class and by task."""
+    from .evaluate import compare_files
+
+    try:
+        lines = compare_files(a, b)
+    except _input_errors() as err:
+        fail(str(err))
+    typer.echo("\n".join(lines))
 
 
 def main() -> None:
