@@ -1,6 +1,7 @@
 """The ``maskcls`` command line: parse, then delegate (a few lines per command)."""
 from __future__ import annotations
 
+import os
 import sys
 from enum import Enum
 from pathlib import Path
@@ -112,7 +113,32 @@ def train(
         run_dir = fit(config, resume=resume)
     except (ConfigError, DataError, WeightsError, CheckpointError) as err:
         fail(str(err))
-    typer.echo(f"run folder: {run_dir}")
+    if os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 alone reports
+        typer.echo(f"run folder: {run_dir}")
+
+
+@app.command()
+def crop(
+    data_dir: Annotated[Path, typer.Argument(help="Dataset folder holding train/ and eval/.")],
+    margin: Annotated[float, typer.Option(help="Grow the face box by this fraction of its size on every side.")] = 0.25,
+    fallback: Annotated[float, typer.Option(help="Centre crop of this fraction of the image when no face is found.")] = 0.6,
+    cache_dir: Annotated[Optional[Path], typer.Option(help="Default: <data_dir parent>/.maskcls_cache/<name>.")] = None,
+    batch_size: Annotated[int, typer.Option(help="Images per MTCNN batch.")] = 32,
+    sheet: Annotated[Optional[Path], typer.Option(help="Contact sheet PNG (default: <cache>/contact_sheet.png).")] = None,
+):
+    """Detect the face in every train and eval image with MTCNN and cache the crops (re-runs reuse them)."""
+    from .data import DataError
+    from .data.crop import CropSettings, run_crop
+
+    try:
+        summary = run_crop(data_dir, CropSettings(margin=margin, fallback=fallback), cache_dir=cache_dir,
+                           batch_size=batch_size, sheet=sheet)
+    except DataError as err:
+        fail(str(err))
+    for message in summary.bad:
+        typer.echo(f"warning: skipped {message}", err=True)
+    typer.echo(summary.format())
+    typer.echo(f"wrote {summary.sheet}")
 
 
 @app.command()
@@ -205,6 +231,7 @@ def submit(
     mask: Annotated[Optional[List[Path]], typer.Option(help="Mask run (repeat to average; default: newest in <project>/mask).")] = None,
     age: Annotated[Optional[List[Path]], typer.Option(help="Age run (repeat to average; default: newest).")] = None,
     gender: Annotated[Optional[List[Path]], typer.Option(help="Gender run (repeat to average; default: newest).")] = None,
+    joint: Annotated[Optional[List[Path]], typer.Option(help="Instead of the specialists: a joint 18-class run (repeat to average).")] = None,
     data_dir: Annotated[Optional[Path], typer.Option(help="Folder with eval/ (default: the runs' data_dir).")] = None,
     tta: Annotated[bool, typer.Option(help="Average the original, flipped and config `tta` views.")] = False,
     out: Annotated[Path, typer.Option(help="Submission CSV to write.")] = Path("submission.csv"),
@@ -214,9 +241,12 @@ def submit(
     device: Annotated[str, typer.Option(help="auto | cpu | cuda | mps.")] = "auto",
 ):
     """Predict eval with the best checkpoint of each task and combine them into the 18-class submission CSV."""
-    from .submit import make_submission, newest_run
+    from .submit import make_joint_submission, make_submission, newest_run
 
     try:
+        if joint:
+            typer.echo("\n".join(make_joint_submission(joint, out, data_dir, tta, which.value, device)))
+            return
         chosen = {"mask": mask, "age": age, "gender": gender}
         runs = {task: list(given or [newest_run(project, task, which.value)]) for task, given in chosen.items()}
         lines = make_submission(runs, out, data_dir, tta, bias, which.value, device)

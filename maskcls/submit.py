@@ -23,7 +23,7 @@ from torch import nn
 
 from .checkpoint import load_model
 from .config import Config, ConfigError
-from .data import DEFAULT_AGE_BOUNDS, DataError, load_train, read_eval_images, split_images
+from .data import DEFAULT_AGE_BOUNDS, NUM_CLASSES, DataError, load_train, read_eval_images, split_images
 from .data.dataset import ImageDataset
 from .engine import Engine, pick_device, predict_logits
 from .io import atomic_path, atomic_write_text
@@ -299,3 +299,19 @@ def make_submission(runs: dict[str, list[Path]], out: Path, data_dir: Path | Non
     write_submission(frame, out)
     return lines + [which_bias, f"wrote {out}: {len(frame)} images in the order of {data_dir / 'eval' / 'info.csv'}",
                     answer_counts(frame["ans"])]
+
+
+def make_joint_submission(runs: list[Path], out: Path, data_dir: Path | None = None, tta: bool = False,
+                          which: str = "best", device: str = "auto") -> list[str]:
+    """The single 18-class model's submission: the argmax of its (voted) probabilities, in info.csv order."""
+    from .combine import answer_counts, write_submission
+
+    data_dir = Path(data_dir) if data_dir else common_data_dir(runs, which)
+    table, note = predict_runs(runs, "eval", data_dir, tta, "soft", which, device, task="joint")
+    path = write_predictions(table, default_output(runs, "eval", tta, "soft"), note)
+    probs = table[[f"p{k}" for k in range(NUM_CLASSES)]].to_numpy()
+    frame = pd.DataFrame({"ImageID": table["ImageID"], "ans": probs.argmax(1)})
+    write_submission(frame, out)
+    return [f"joint: {', '.join(map(str, runs))} ({which}.pt; views {'+'.join(note['views'])}) -> {path}",
+            f"wrote {out}: {len(frame)} images in the order of {data_dir / 'eval' / 'info.csv'}",
+            answer_counts(frame["ans"])]

@@ -1,0 +1,115 @@
+"""The specialists against one 18-class model, on real faces, under one fixed budget.
+
+    python bench/quality.py            # the full budget (about an hour on a 2-core CPU)
+    python bench/quality.py --quick    # a much smaller budget, a few minutes
+
+Trains mask, gender and age specialists and the joint 18-class model with the same backbone, image
+size, crops and seed, submits with and without TTA (and with tuned biases), scores every submission
+against eval/labels.csv and prints one markdown table. Every step is a `maskcls` command, so the
+table is what a user running those commands gets. Skips cleanly when the dataset is absent.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from maskcls.evaluate import read_answers, score
+
+DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "faces"
+FULL = {"img_size": 112, "epochs": {"mask": 1, "gender": 4, "age": 7, "joint": 8}, "batch_size": 32}
+QUICK = {"img_size": 64, "epochs": {"mask": 1, "gender": 1, "age": 1, "joint": 1}, "batch_size": 32}
+
+
+def maskcls(*args: str) -> tuple[str, float]:
+    """Run one maskcls command; return its stdout and wall seconds; stop on failure."""
+    start = time.perf_counter()
+    done = subprocess.run([sys.executable, "-m", "maskcls", *args], capture_output=True, text=True)
+    seconds = time.perf_counter() - start
+    if done.returncode != 0:
+        sys.exit(f"`maskcls {' '.join(args)}` failed:\n{done.stdout[-2000:]}\n{done.stderr[-3000:]}")
+    print(f"  {seconds:7.1f} s  maskcls {' '.join(args)}", flush=True)
+    return done.stdout, seconds
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
+    parser.add_argument("--quick", action="store_true", help="a budget of a few minutes")
+    parser.add_argument("--project", type=Path, default=Path("runs/quality"))
+    parser.add_argument("--backbone", default="tf_efficientnet_lite0")
+    parser.add_argument("--pretrained", default="efficientnet-lite0")
+    parser.add_argument("--crop", default="mtcnn", choices=["none", "center", "mtcnn"])
+    parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--skip-joint", action="store_true")
+    args = parser.parse_args()
+    if not (args.data / "train").is_dir() or not (args.data / "eval" / "labels.csv").is_file():
+        print(f"skip: no dataset with eval/labels.csv at {args.data}")
+        return
+    os.environ["MASKCLS_NO_PROGRESS"] = "1"
+    budget = QUICK if args.quick else FULL
+    project = args.project / ("quick" if args.quick else "full")
+    common = [f"data_dir={args.data}", f"backbone={args.backbone}", f"pretrained={args.pretrained}",
+              f"img_size={budget['img_size']}", f"batch_size={budget['batch_size']}", f"crop={args.crop}",
+              f"seed={args.seed}", f"project={project}", "device=cpu"]
+    print(f"budget: {json.dumps(budget)}; backbone {args.backbone} ({args.pretrained}), crop {args.crop}, "
+          f"seed {args.seed}, data {args.data}, {os.cpu_count()} cores", flush=True)
+
+    seconds = {}
+    if args.crop == "mtcnn":
+        _, seconds["crop"] = maskcls("crop", str(args.data))
+    tasks = ["mask", "gender", "age"] + ([] if args.skip_joint else ["joint"])
+    runs = {}
+    for task in tasks:
+        name = f"{task}-s{args.seed}"
+        if (project / task / name / "last.pt").is_file():
+            _, seconds[task] = maskcls("train", task, "--resume", str(project / task / name))
+        else:
+            _, seconds[task] = maskcls("train", task, *common, f"epochs={budget['epochs'][task]}", f"name={name}")
+        runs[task] = project / task / name
+
+    labels = args.data / "eval" / "labels.csv"
+    truth = read_answers(labels)
+    specialists = ["--mask", str(runs["mask"]), "--age", str(runs["age"]), "--gender", str(runs["gender"])]
+    val = {}
+    for task in ("mask", "age", "gender"):
+        val[task] = project / f"val_{task}.csv"
+        maskcls("predict", task, str(runs[task]), str(args.data), "--split", "val", "--out", str(val[task]))
+    bias = project / "bias.yaml"
+    maskcls("combine", str(val["mask"]), str(val["age"]), str(val["gender"]), "--tune", "--bias-out", str(bias))
+
+    rows = []
+    variants = [("specialists", [], "none"), ("specialists + TTA", ["--tta"], "none"),
+                ("specialists + TTA + tuned bias", ["--tta"], str(bias))]
+    for label, tta, bias_option in variants:
+        out = project / f"submission_{label.replace(' + ', '_').replace(' ', '_')}.csv"
+        _, infer_s = maskcls("submit", *specialists, *tta, "--bias", bias_option, "--out", str(out))
+        rows.append((label, out, sum(seconds[t] for t in ("mask", "gender", "age")), infer_s))
+    if "joint" in runs:
+        for label, tta in [("joint 18-class", []), ("joint 18-class + TTA", ["--tta"])]:
+            out = project / f"submission_{label.replace(' + ', '_').replace(' ', '_')}.csv"
+            _, infer_s = maskcls("submit", "--joint", str(runs["joint"]), *tta, "--out", str(out))
+            rows.append((label, out, seconds["joint"], infer_s))
+
+    print(f"\n| design | mask F1 | gender F1 | age F1 | 18-class macro F1 | accuracy | train s | infer s |")
+    print("|---|---|---|---|---|---|---|---|")
+    results = []
+    for label, out, train_s, infer_s in rows:
+        s = score(truth.to_numpy(), read_answers(out).reindex(truth.index).to_numpy())
+        t = s["tasks"]
+        print(f"| {label} | {t['mask']:.4f} | {t['gender']:.4f} | {t['age']:.4f} | {s['macro_f1']:.4f} | "
+              f"{s['accuracy']:.4f} | {train_s:.0f} | {infer_s:.0f} |")
+        results.append({"design": label, **t, "macro_f1": s["macro_f1"], "accuracy": s["accuracy"],
+                        "train_s": train_s, "infer_s": infer_s, "submission": str(out)})
+    if "crop" in seconds:
+        print(f"\nface crops (cached after the first run): {seconds['crop']:.0f} s")
+    (project / "quality.json").write_text(json.dumps({"budget": budget, "args": {k: str(v) for k, v in vars(args).items()},
+                                                      "results": results}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
