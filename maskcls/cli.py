@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 from enum import Enum
 from pathlib import Path
@@ -143,16 +144,25 @@ def crop(
 
 @app.command()
 def demo(
-    out_dir: Annotated[Path, typer.Option(help="Where the sample dataset and runs go.")] = Path("sample_data"),
+    out_dir: Annotated[Path, typer.Option(help="Where the sample dataset, runs and submission go.")] = Path("sample_data"),
+    epochs: Annotated[int, typer.Option(help="Epochs per specialist.")] = 3,
 ):
-    """The main job on built-in sample data: generate a tiny dataset, check it, summarise it."""
-    steps = [["data", "sample", str(out_dir / "faces"), "--people", "60", "--eval-people", "20"],
-             ["data", "check", str(out_dir / "faces")],
-             ["data", "summary", str(out_dir / "faces")]]
+    """The main job on built-in sample data: generate, check, summarise, train the three specialists, submit, score."""
+    faces, runs = out_dir / "faces", out_dir / "runs"
+    tiny = ["backbone=test_efficientnet", "pretrained=none", "img_size=48", "batch_size=16", "lr=3e-3",
+            f"epochs={epochs}", "folds=4", f"data_dir={faces}", f"project={runs}", "name=demo"]
+    steps = [["data", "sample", str(faces), "--people", "60", "--eval-people", "20"],
+             ["data", "check", str(faces)],
+             ["data", "summary", str(faces)],
+             *(["train", task, *tiny] for task in ("mask", "age", "gender")),
+             ["submit", "--tta", "--project", str(runs), "--out", str(out_dir / "submission.csv")],
+             ["evaluate", str(out_dir / "submission.csv"), str(faces / "eval" / "labels.csv")]]
+    if (runs / "mask" / "demo").exists():
+        shutil.rmtree(runs)  # a second demo starts afresh instead of resuming
     for step in steps:
-        typer.echo(f"\n$ maskcls {' '.join(step)}")
+        typer.echo(f"\n$ maskcls {' '.join(step)}", err=False)
         app(step, standalone_mode=False)
-    typer.echo(f"\ndemo done: sample dataset in {out_dir / 'faces'}")
+    typer.echo(f"\ndemo done: data {faces}, runs {runs}, submission {out_dir / 'submission.csv'}")
 
 
 # --- predict, combine, submit, evaluate, compare --------------------------------------------------

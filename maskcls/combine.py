@@ -18,7 +18,7 @@ import pandas as pd
 import yaml
 
 from .data import NUM_CLASSES, DataError, encode
-from .io import atomic_write_csv, atomic_write_text
+from .io import atomic_write_csv, atomic_write_text, is_main_process
 from .tasks import SPECIALISTS, get_task
 
 # log-probability offsets tried per class; e^2 ~ 7x, enough to promote a class the model ranks second
@@ -160,7 +160,8 @@ def submission(predictions: dict[str, Predictions], image_ids: Sequence[str], in
 
 
 def write_submission(frame: pd.DataFrame, path: str | Path) -> Path:
-    atomic_write_csv(path, frame[["ImageID", "ans"]])
+    if is_main_process():  # under torchrun every rank holds the same answers; one writes them
+        atomic_write_csv(path, frame[["ImageID", "ans"]])
     return Path(path)
 
 

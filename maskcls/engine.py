@@ -1,9 +1,11 @@
-"""One engine for every task: the Engine owns device, precision, seeding and loaders; ``train_one_epoch``,
-``evaluate`` and ``fit`` are plain functions. Nothing here branches on the task: a task is its config.
+"""One engine for every task: the Engine owns device, precision, seeding, loaders and distribution (torchrun);
+``train_one_epoch``, ``evaluate`` and ``fit`` are plain functions. Nothing here branches on the task: a task is
+its config, and the loop never branches on distribution: Engine methods hide it (docs/distributed.md).
 """
 from __future__ import annotations
 
 import math
+import os
 import random
 import time
 from dataclasses import dataclass, field
@@ -12,12 +14,15 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
+import torch.distributed as dist
 from torch import nn
-from torch.utils.data import DataLoader, WeightedRandomSampler
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, DistributedSampler, WeightedRandomSampler
 
 from .config import Config, save_config
 from .data import DataError, load_train, split_images
 from .data.dataset import ImageDataset, seed_worker
+from .data.samplers import DistributedWeightedSampler, ShardedSampler
 from .io import atomic_write_csv
 from .losses import build_loss
 from .metrics import accuracy, confusion, macro_f1
@@ -45,7 +50,8 @@ def seed_everything(seed: int) -> None:
 
 @dataclass
 class Engine:
-    """Device, mixed precision (bf16, else fp16 with a grad scaler, on CUDA only), channels-last, loaders."""
+    """Device, mixed precision (bf16, else fp16 with a grad scaler, on CUDA only), channels-last, loaders, and
+    the process group when launched by torchrun (WORLD_SIZE > 1): one process per GPU with NCCL, gloo on CPUs."""
 
     device: torch.device = field(default_factory=pick_device)
     amp: bool = True
@@ -54,12 +60,34 @@ class Engine:
 
     def __post_init__(self):
         self.device = torch.device(self.device)
+        self.rank, self.world_size, self._owns_group = self._join_process_group()
         on_cuda = self.device.type == "cuda"
         self.amp_dtype = None
         if self.amp and on_cuda:
             self.amp_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
-        self.rank, self.world_size = 0, 1
+
+    def _join_process_group(self) -> tuple[int, int, bool]:
+        """(rank, world_size, whether this engine created the group) from torchrun's RANK, WORLD_SIZE and
+        LOCAL_RANK; a plain ``python -m maskcls`` is rank 0 of 1 and starts nothing."""
+        if int(os.environ.get("WORLD_SIZE", "1")) == 1 and not dist.is_initialized():
+            return 0, 1, False
+        if self.device.type == "cuda":
+            self.device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+            torch.cuda.set_device(self.device)
+        owns_group = not dist.is_initialized()
+        if owns_group:
+            dist.init_process_group("nccl" if self.device.type == "cuda" else "gloo")
+            if dist.get_rank() == 0:
+                print(f"distributed: {dist.get_world_size()} processes, {dist.get_backend()} on {self.device.type}",
+                      flush=True)
+        return dist.get_rank(), dist.get_world_size(), owns_group
+
+    def close(self) -> None:
+        """Wait until every rank is done (rank 0 may still be saving), then leave the process group."""
+        if self._owns_group and dist.is_initialized():
+            dist.barrier()
+            dist.destroy_process_group()
 
     @classmethod
     def from_config(cls, config: Config) -> "Engine":
@@ -73,9 +101,28 @@ class Engine:
     def autocast(self):
         return torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None)
 
+    def rank_seed(self, seed: int) -> int:
+        """``seed`` for this rank's own random streams (augmentations, dropout, loader workers), offset by rank as
+        timm and nanoGPT do, so that two ranks do not draw the same flips for different images."""
+        return seed + 1000 * self.rank  # distinct from every other rank's for runs under 1000 epochs
+
     def setup_model(self, model: nn.Module) -> nn.Module:
+        """On the device, channels-last, and wrapped in DistributedDataParallel when distributed."""
         memory_format = torch.channels_last if self.channels_last else torch.contiguous_format
-        return model.to(self.device, memory_format=memory_format)
+        model = model.to(self.device, memory_format=memory_format)
+        if self.world_size > 1:
+            model = DistributedDataParallel(model, device_ids=[self.device] if self.device.type == "cuda" else None)
+        return model
+
+    def eval_model(self, model: nn.Module) -> nn.Module:
+        """The bare model (no DDP: evaluation shares are uneven) in eval mode, with rank 0's buffers. DDP copies
+        rank 0's buffers to the others before each training forward, so every rank's last step leaves it its own
+        BatchNorm statistics; the checkpoint holds rank 0's, and so must the evaluation."""
+        model = _unwrap(model)
+        if self.world_size > 1:
+            for buffer in model.buffers():
+                dist.broadcast(buffer, src=0)
+        return model.eval()
 
     def to_device(self, images: torch.Tensor, targets: torch.Tensor):
         memory_format = torch.channels_last if self.channels_last else torch.contiguous_format
@@ -90,16 +137,54 @@ class Engine:
         self.scaler.update()
 
     def loader(self, dataset, batch_size: int, train: bool, seed: int = 0, sample_weights=None) -> DataLoader:
-        """Shuffled (or weighted-sampled) and drop-last for training, in order for evaluation."""
-        generator = torch.Generator().manual_seed(seed)
-        sampler = None
-        if train and sample_weights is not None:
-            sampler = WeightedRandomSampler(torch.as_tensor(sample_weights, dtype=torch.double), len(dataset),
-                                            replacement=True, generator=generator)
+        """Shuffled (or weighted-sampled) and drop-last for training, in order for evaluation. Distributed, each
+        rank loads its own share of ``batch_size``-image batches (see maskcls.data.samplers)."""
+        generator = torch.Generator().manual_seed(self.rank_seed(seed))
+        sampler = self._sampler(dataset, train, seed, sample_weights, generator)
+        share = len(sampler) if sampler is not None else len(dataset)  # the same on every rank in training
         return DataLoader(dataset, batch_size=batch_size, shuffle=train and sampler is None, sampler=sampler,
-                          drop_last=train and len(dataset) > batch_size, num_workers=self.workers,
+                          drop_last=train and share > batch_size, num_workers=self.workers,
                           worker_init_fn=seed_worker, generator=generator,
                           pin_memory=self.device.type == "cuda", persistent_workers=False)
+
+    def _sampler(self, dataset, train: bool, seed: int, sample_weights, generator):
+        # fit builds a new loader each epoch with seed = config.seed + epoch, which is what set_epoch would add
+        weights = None if sample_weights is None else torch.as_tensor(sample_weights, dtype=torch.double)
+        if self.world_size == 1:
+            if train and weights is not None:
+                return WeightedRandomSampler(weights, len(dataset), replacement=True, generator=generator)
+            return None
+        if not train:
+            return ShardedSampler(len(dataset), self.rank, self.world_size)
+        if weights is not None:
+            return DistributedWeightedSampler(weights, self.rank, self.world_size, seed)
+        return DistributedSampler(dataset, self.world_size, self.rank, shuffle=True, seed=seed)
+
+    def gather(self, loader: DataLoader, *tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """CPU ``tensors`` computed over this rank's share of ``loader``, put together from every rank in dataset
+        order (a ShardedSampler has no padding, so each image appears once). Every rank gets the whole."""
+        if not isinstance(loader.sampler, ShardedSampler):  # one process, or a loader every rank ran in full
+            return tensors
+        shares = [None] * self.world_size
+        dist.all_gather_object(shares, (list(loader.sampler), tensors))
+        order = torch.as_tensor([i for indices, _ in shares for i in indices]).argsort()
+        return tuple(torch.cat([share[k] for _, share in shares])[order] for k in range(len(tensors)))
+
+    def all_sum(self, *numbers: float) -> list[float]:
+        """Each number summed over the ranks (the numbers as given in one process)."""
+        if self.world_size == 1:
+            return list(numbers)
+        total = torch.tensor(numbers, dtype=torch.float64, device=self.device)
+        dist.all_reduce(total)
+        return total.tolist()
+
+    def broadcast(self, value):
+        """Rank 0's ``value`` (any picklable object) on every rank: rank 0 decides, e.g. the run folder."""
+        if self.world_size == 1:
+            return value
+        values = [value]
+        dist.broadcast_object_list(values, src=0)
+        return values[0]
 
 
 def train_one_epoch(model, loader, loss_fn, optimizer, scheduler, engine: Engine, desc: str = "train") -> dict:
@@ -118,20 +203,22 @@ def train_one_epoch(model, loader, loss_fn, optimizer, scheduler, engine: Engine
         seen += len(targets)
         bar.set_postfix(loss=f"{total_loss / seen:.4f}", img_s=f"{seen / (time.perf_counter() - start):.1f}")
     seconds = time.perf_counter() - start
+    total_loss, seen = engine.all_sum(total_loss, seen)  # over every rank's share
     return {"train_loss": total_loss / max(seen, 1), "seconds": seconds, "images_per_s": seen / max(seconds, 1e-9)}
 
 
 @torch.no_grad()
 def predict_logits(model, loader, engine: Engine, desc: str = "predict") -> tuple[torch.Tensor, torch.Tensor]:
-    """(logits, targets) for the whole loader, on the CPU, in loader order."""
-    model.eval()
+    """(logits, targets) for the whole loader, on the CPU, in dataset order. Distributed, each rank predicts
+    its share of an ``engine.loader`` and every rank gets the whole set back."""
+    model = engine.eval_model(model)
     logits, targets = [], []
     for images, target in progress(loader, desc=desc, disable=None if engine.is_main else True):
         images, _ = engine.to_device(images, target)
         with engine.autocast():
             logits.append(model(images).float().cpu())
         targets.append(target)
-    return torch.cat(logits), torch.cat(targets)
+    return engine.gather(loader, torch.cat(logits), torch.cat(targets))
 
 
 def evaluate(model, loader, loss_fn, engine: Engine, num_classes: int) -> dict:
@@ -222,9 +309,10 @@ def fit(config: Config, resume: Path | None = None) -> Path:
     val_loader = engine.loader(data.val, config.batch_size, train=False) if data.val is not None else None
 
     run_dir = Path(resume) if resume else next_run_dir(Path(config.project), config.task, config.name)
+    run_dir = engine.broadcast(run_dir)  # rank 0's choice: the folders other nodes see may differ
     start_epoch, best_f1 = 0, -1.0
     if state is not None:
-        model.load_state_dict(state["model"])
+        _unwrap(model).load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         engine.scaler.load_state_dict(state["scaler"])
@@ -237,10 +325,10 @@ def fit(config: Config, resume: Path | None = None) -> Path:
     for epoch in range(start_epoch, config.epochs):
         # reseed per epoch: the data order, augmentations and dropout of epoch k do not depend on
         # whether the run was resumed, so a resumed run ends with the same weights
-        seed_everything(config.seed + epoch)
+        seed_everything(engine.rank_seed(config.seed + epoch))
         train_loader = engine.loader(data.train, config.batch_size, train=True, seed=config.seed + epoch,
                                      sample_weights=data.sample_weights)
-        data.train.transform.set_random_seed(config.seed + epoch)
+        data.train.transform.set_random_seed(engine.rank_seed(config.seed + epoch))
         lr = optimizer.param_groups[0]["lr"]
         row = {"epoch": epoch, "lr": lr, **train_one_epoch(model, train_loader, loss_fn, optimizer, scheduler,
                                                            engine, desc=f"{config.task} {epoch + 1}/{config.epochs}")}
@@ -267,6 +355,7 @@ def fit(config: Config, resume: Path | None = None) -> Path:
             print(_epoch_line(config, row), flush=True)
     if log is not None:
         log.close()
+    engine.close()
     return run_dir
 
 

@@ -7,6 +7,11 @@ from contextlib import contextmanager
 from pathlib import Path
 
 
+def is_main_process() -> bool:
+    """False in the ranks > 0 of a torchrun job: only rank 0 writes outputs."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
 @contextmanager
 def atomic_path(path: str | Path):
     """Yield a temporary path beside ``path``; on success it replaces ``path`` in one step."""

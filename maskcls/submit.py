@@ -26,7 +26,7 @@ from .config import Config, ConfigError
 from .data import DEFAULT_AGE_BOUNDS, NUM_CLASSES, DataError, load_train, read_eval_images, split_images
 from .data.dataset import ImageDataset
 from .engine import Engine, pick_device, predict_logits
-from .io import atomic_path, atomic_write_text
+from .io import atomic_path, atomic_write_text, is_main_process
 from .tasks import get_task
 from .transforms import build_transforms
 
@@ -247,6 +247,8 @@ def note_path(csv_path: str | Path) -> Path:
 
 
 def write_predictions(table: pd.DataFrame, path: str | Path, note: dict) -> Path:
+    if not is_main_process():  # under torchrun every rank holds the same table; one writes it
+        return Path(path)
     with atomic_path(path) as tmp:
         table.to_csv(tmp, index=False, float_format="%.6g")
     atomic_write_text(note_path(path), json.dumps(note, indent=1) + "\n")

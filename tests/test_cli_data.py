@@ -1,6 +1,7 @@
 """The ``maskcls`` command line through typer's CliRunner: exit codes and what it prints."""
 from __future__ import annotations
 
+import pandas as pd
 import pytest
 from conftest import SAMPLE_PEOPLE, profile_folders, truncate
 from typer.testing import CliRunner
@@ -147,8 +148,15 @@ def test_sample_writes_a_dataset_that_checks(tmp_path):
 
 
 def test_demo_runs_the_main_job(tmp_path):
-    result = run("demo", "--out-dir", tmp_path)
+    result = run("demo", "--out-dir", tmp_path, "--epochs", "1")
     assert result.exit_code == 0, result.output
     assert f"{tmp_path / 'faces'}: ok" in result.stdout
     assert "60 people, 420 images" in result.stdout
     assert (tmp_path / "faces_classes.png").read_bytes().startswith(PNG_MAGIC)
+    for task in ("mask", "age", "gender"):
+        assert (tmp_path / "runs" / task / "demo" / "best.pt").is_file()
+    submission = pd.read_csv(tmp_path / "submission.csv")
+    info = pd.read_csv(tmp_path / "faces" / "eval" / "info.csv")
+    assert submission["ImageID"].tolist() == info["ImageID"].tolist()
+    assert submission["ans"].between(0, 17).all()
+    assert "18-class macro F1" in result.stdout
