@@ -1,0 +1,267 @@
+"""Face crops: box arithmetic, fallback, the cache's hit/miss rules, resume, bad images, one real MTCNN run."""
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from maskcls.cli import app
+from maskcls.config import Config
+from maskcls.data import DataError
+from maskcls.data import crop as crop_module
+from maskcls.data.crop import (CropSettings, build_image_loader, center_box, detect_faces, expand_box,
+                               pick_faces, read_manifest, run_crop)
+from maskcls.data.sample import make_sample_dataset
+
+
+class FixedDetector:
+    """MTCNN's ``detect`` API: the same box (in padded-image pixels) in every image; counts calls."""
+
+    def __init__(self, box=(20.0, 20.0, 70.0, 80.0), prob=0.99, fail_on_call=None):
+        self.box, self.prob, self.calls, self.fail_on_call = box, prob, 0, fail_on_call
+
+    def detect(self, batch, landmarks=False):
+        self.calls += 1
+        if self.calls == self.fail_on_call:
+            raise KeyboardInterrupt
+        boxes = [np.array([self.box]) for _ in batch]
+        return boxes, [np.array([self.prob]) for _ in batch], [np.zeros((1, 5, 2)) for _ in batch]
+
+
+class BrightSquareDetector:
+    """Finds the bounding box of near-white pixels (min channel > 240), or nothing."""
+
+    def detect(self, batch, landmarks=False):
+        boxes, probs, points = [], [], []
+        for image in np.asarray(batch):
+            ys, xs = np.nonzero(image.min(axis=2) > 240)
+            if len(xs) == 0:
+                boxes.append(None), probs.append([None]), points.append(None)
+                continue
+            boxes.append(np.array([[xs.min(), ys.min(), xs.max() + 1, ys.max() + 1]], dtype=float))
+            probs.append(np.array([0.98]))
+            points.append(np.zeros((1, 5, 2)))
+        return boxes, probs, points
+
+
+def square_image(size=(80, 100), square=(30, 20, 60, 60), mode="RGB") -> Image.Image:
+    """A dark image with a white square (the "face" BrightSquareDetector finds)."""
+    array = np.full((size[1], size[0], 3), 40, np.uint8)
+    x1, y1, x2, y2 = square
+    array[y1:y2, x1:x2] = 255
+    return Image.fromarray(array).convert(mode)
+
+
+# ------------------------------------------------------------------------------------------ box arithmetic
+
+def test_expand_box_grows_by_margin_and_rounds_outwards():
+    assert expand_box((10, 20, 30, 60), (100, 100), 0.25) == (5, 10, 35, 70)
+    assert expand_box((10.4, 20.6, 29.5, 59.2), (100, 100), 0.0) == (10, 20, 30, 60)
+
+
+def test_expand_box_clips_to_image():
+    assert expand_box((-5, 90, 50, 130), (60, 120), 0.1) == (0, 86, 56, 120)
+    with pytest.raises(ValueError):
+        expand_box((200, 200, 220, 220), (100, 100), 0.0)
+
+
+def test_center_box():
+    assert center_box((100, 200), 0.5) == (25, 50, 75, 150)
+    assert center_box((10, 10), 1.0) == (0, 0, 10, 10)
+    assert center_box((3, 3), 0.01) == (1, 1, 2, 2)
+
+
+# -------------------------------------------------------------------------------------------- detection
+
+def test_detect_faces_shifts_padding_back_and_groups_sizes():
+    images = [square_image(), square_image((64, 48), (0, 0, 20, 30)), square_image(square=(0, 0, 0, 0))]
+    faces = detect_faces(images, BrightSquareDetector(), pad=0.25)
+    assert faces[0][0].box == (30, 20, 60, 60)
+    assert faces[1][0].box == (0, 0, 20, 30)  # a face on the image edge stays where it is
+    assert faces[2] == []
+
+
+def test_detect_faces_orders_by_prob_then_area_and_applies_min_prob():
+    class Two:
+        def detect(self, batch, landmarks=False):
+            boxes = np.array([[0, 0, 10, 10], [0, 0, 30, 30], [5, 5, 25, 25]], dtype=float)
+            return [boxes], [np.array([0.9, 0.95, 0.95])], [np.zeros((3, 5, 2))]
+
+    faces = detect_faces([square_image()], Two(), pad=0.0)[0]
+    assert [f.prob for f in faces] == [0.95, 0.95, 0.9]
+    assert faces[0].box == (0, 0, 30, 30)  # tied on prob: the larger first
+    assert len(detect_faces([square_image()], Two(), min_prob=0.93, pad=0.0)[0]) == 2
+
+
+def test_pick_faces_drops_small_faces_and_tries_the_next_pass():
+    settings = CropSettings(min_face_fraction=0.2)
+    small = FixedDetector(box=(10, 10, 15, 15))  # 5 px wide: under 0.2 x the 80 px side
+    found = pick_faces([square_image()], settings, [small, BrightSquareDetector()])
+    face, number = found[0]
+    assert number == 2 and face.box == (30, 20, 60, 60)
+    assert pick_faces([square_image(square=(0, 0, 0, 0))], settings, [BrightSquareDetector()]) == [(None, 0)]
+
+
+# ----------------------------------------------------------------------------------------------- run_crop
+
+@pytest.fixture
+def dataset(tmp_path) -> Path:
+    return make_sample_dataset(tmp_path / "faces", people=2, eval_people=1, size=(64, 80))
+
+
+def test_run_crop_writes_crops_manifest_and_sheet_outside_the_dataset(dataset):
+    summary = run_crop(dataset, CropSettings(), batch_size=5, detectors=[FixedDetector()], show_progress=False)
+    cache = dataset.parent / ".maskcls_cache" / "faces"
+    assert summary.cache_dir == cache and summary.images == {"train": 14, "eval": 7}
+    assert summary.detected == {"train": 14, "eval": 7} and summary.fallbacks == 0
+    manifest = pd.read_csv(cache / "manifest.csv")
+    assert len(manifest) == 21 and set(manifest["split"]) == {"train", "eval"}
+    row = manifest.iloc[0]
+    border = round(0.1 * 80)
+    expected = expand_box((20 - border, 20 - border, 70 - border, 80 - border), (64, 80), 0.25)
+    assert tuple(row[["x1", "y1", "x2", "y2"]]) == expected
+    with Image.open(cache / row["crop"]) as image:
+        assert image.size == (expected[2] - expected[0], expected[3] - expected[1])
+    assert summary.sheet.is_file()
+    assert not list(dataset.rglob("*.png.png"))
+
+
+def test_no_face_falls_back_to_a_centre_crop(dataset):
+    settings = CropSettings(fallback=0.5)
+    summary = run_crop(dataset, settings, detectors=[BrightSquareDetector()], show_progress=False)
+    assert summary.detected == {"train": 0, "eval": 0} and summary.fallbacks == 21
+    manifest = pd.read_csv(summary.cache_dir / "manifest.csv")
+    assert manifest["fallback"].all() and (manifest["pass"] == 0).all()
+    assert tuple(manifest.iloc[0][["x1", "y1", "x2", "y2"]]) == center_box((64, 80), 0.5)
+    assert "fallbacks (centre crop): 21" in summary.format()
+
+
+def test_cache_hits_and_misses(dataset):
+    first = FixedDetector()
+    run_crop(dataset, CropSettings(), detectors=[first], show_progress=False, sheet=False)
+    assert first.calls > 0
+
+    again = FixedDetector()
+    summary = run_crop(dataset, CropSettings(), detectors=[again], show_progress=False, sheet=False)
+    assert again.calls == 0 and summary.cropped_now == 0  # same settings, same files: no work
+
+    changed = next((dataset / "train" / "images").rglob("mask1.jpg"))
+    square_image((64, 80)).save(changed)
+    summary = run_crop(dataset, CropSettings(), detectors=[FixedDetector()], show_progress=False, sheet=False)
+    assert summary.cropped_now == 1  # only the changed image
+
+    summary = run_crop(dataset, CropSettings(margin=0.1), detectors=[FixedDetector()], show_progress=False,
+                       sheet=False)
+    assert summary.cropped_now == 21  # a changed setting redoes everything
+
+
+def test_interrupted_run_keeps_its_work_and_resumes(dataset):
+    with pytest.raises(KeyboardInterrupt):
+        run_crop(dataset, CropSettings(), batch_size=4, detectors=[FixedDetector(fail_on_call=3)],
+                 show_progress=False, sheet=False)
+    cache = dataset.parent / ".maskcls_cache" / "faces"
+    assert len(read_manifest(cache)) == 8  # two batches of four finished before the interruption
+    summary = run_crop(dataset, CropSettings(), batch_size=4, detectors=[FixedDetector()], show_progress=False,
+                       sheet=False)
+    assert summary.cropped_now == 21 - 8 and sum(summary.images.values()) == 21
+
+
+def test_bad_image_is_reported_and_skipped(dataset):
+    bad = next((dataset / "eval" / "images").glob("*.jpg"))
+    bad.write_bytes(b"not an image")
+    summary = run_crop(dataset, CropSettings(), detectors=[FixedDetector()], show_progress=False, sheet=False)
+    assert len(summary.bad) == 1 and str(bad) in summary.bad[0]
+    assert summary.images == {"train": 14, "eval": 6}
+    assert "bad images skipped: 1" in summary.format()
+
+
+def test_cache_inside_the_image_folder_is_refused(dataset):
+    with pytest.raises(DataError, match="must not be inside"):
+        run_crop(dataset, CropSettings(), cache_dir=dataset / "train" / "images" / "cache",
+                 detectors=[FixedDetector()], show_progress=False)
+
+
+def test_cli_crop(dataset, monkeypatch):
+    monkeypatch.setattr(crop_module, "create_detectors", lambda settings, device=None: [FixedDetector()])
+    monkeypatch.setenv("MASKCLS_NO_PROGRESS", "1")
+    bad = next((dataset / "eval" / "images").glob("*.jpg"))
+    bad.write_bytes(b"")
+    sheet = dataset.parent / "sheet.png"
+    result = CliRunner().invoke(app, ["crop", str(dataset), "--margin", "0.1", "--sheet", str(sheet)])
+    assert result.exit_code == 0, result.output
+    assert "train: 14/14 faces detected (100.0%)" in result.output
+    assert bad.name in result.output and sheet.is_file()
+
+
+# ------------------------------------------------------------------------------------ modes and the loader
+
+def _exif_rotated(image: Image.Image, path: Path) -> None:
+    """Saved turned 90 degrees counter-clockwise with EXIF orientation 6, which turns it back on reading."""
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    image.rotate(90, expand=True).save(path, exif=exif)
+
+
+@pytest.mark.parametrize("kind", ["grey", "rgba_png", "exif"])
+def test_grey_rgba_and_exif_images_crop_in_the_upright_frame(tmp_path, monkeypatch, kind):
+    monkeypatch.setattr(crop_module, "create_detectors", lambda settings, device=None: [BrightSquareDetector()])
+    upright = square_image((80, 100), (30, 20, 60, 60))
+    path = tmp_path / "faces" / f"image.{'png' if kind != 'exif' else 'jpg'}"
+    path.parent.mkdir()
+    if kind == "grey":
+        upright.convert("L").save(path)
+    elif kind == "rgba_png":
+        upright.convert("RGBA").save(path)
+    else:
+        _exif_rotated(upright, path)
+    config = Config(crop="mtcnn", crop_margin=0.0, data_dir=str(tmp_path / "faces"))
+    crop = build_image_loader(config)(str(path))
+    assert crop.mode == "RGB" and crop.size == (30, 40)
+    assert np.asarray(crop).min() > 200  # the white square, wherever the file stored it
+
+
+def test_loader_modes_cache_and_on_the_fly_agree(dataset, monkeypatch):
+    monkeypatch.setattr(crop_module, "create_detectors", lambda settings, device=None: [FixedDetector()])
+    path = str(next((dataset / "train" / "images").rglob("normal.*")))
+    base = Config(data_dir=str(dataset))
+    assert build_image_loader(base)(path).size == (64, 80)
+    assert build_image_loader(Config(data_dir=str(dataset), crop="center", crop_fallback=0.5))(path).size == (32, 40)
+
+    config = Config(data_dir=str(dataset), crop="mtcnn")
+    on_the_fly = build_image_loader(config)(path)  # no cache yet
+    run_crop(dataset, config, detectors=[FixedDetector()], show_progress=False, sheet=False)
+    loader = pickle.loads(pickle.dumps(build_image_loader(config)))  # as a DataLoader worker gets it
+    monkeypatch.setattr(crop_module, "create_detectors", lambda *a, **k: pytest.fail("cache should be used"))
+    cached = loader(path)
+    assert np.array_equal(np.asarray(cached), np.asarray(on_the_fly))
+    pickle.dumps(loader)  # still picklable after use
+
+    Path(path).write_bytes(b"broken")
+    with pytest.raises(DataError, match="normal"):
+        loader(path)
+
+
+# ------------------------------------------------------------------------------------------ real MTCNN
+
+def test_real_mtcnn_crops_the_face_of_a_real_photo(tmp_path):
+    skimage_data = pytest.importorskip("skimage.data")
+    photo = Image.fromarray(skimage_data.astronaut())  # 512 x 512, Eileen Collins, face upper middle
+    portrait = photo.crop((100, 0, 420, 400)).resize((160, 200))  # upper-body framing like the competition's
+    (tmp_path / "faces").mkdir()
+    path = tmp_path / "faces" / "astronaut.jpg"
+    _exif_rotated(portrait, path)  # and read back upright through EXIF
+    config = Config(crop="mtcnn", data_dir=str(tmp_path / "faces"))
+    detectors = crop_module.create_detectors(CropSettings(), "cpu")
+    face, number = pick_faces([crop_module.open_rgb(path)], CropSettings(), detectors)[0]
+    assert number == 1 and face.prob > 0.95
+    x1, y1, x2, y2 = expand_box(face.box, (160, 200), CropSettings().margin)
+    for x, y in [(53, 51), (74, 52), (51, 70), (73, 71)]:  # eyes and mouth corners in the portrait
+        assert face.box[0] < x < face.box[2] and face.box[1] < y < face.box[3]
+        assert x1 < x < x2 and y1 < y < y2
+    assert (x2 - x1) * (y2 - y1) < 0.5 * 160 * 200  # a face crop, not the whole picture
+    assert build_image_loader(config)(str(path)).size == (x2 - x1, y2 - y1)  # on the fly, same code
