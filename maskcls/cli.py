@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import sys
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, List, Optional
@@ -14,6 +13,8 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
                   help="Mask, gender and age-band classification: three specialists and a rule-based merge.")
 data_app = typer.Typer(no_args_is_help=True, help="Check, summarise and generate datasets in the competition layout.")
 app.add_typer(data_app, name="data")
+export_app = typer.Typer(no_args_is_help=True, help="Export trained runs for deployment.")
+app.add_typer(export_app, name="export")
 
 
 class TaskName(str, Enum):
@@ -182,13 +183,19 @@ class Checkpoint(str, Enum):
     last = "last"
 
 
+class EngineName(str, Enum):
+    torch = "torch"
+    onnx = "onnx"
+
+
 def _input_errors():
     from .checkpoint import CheckpointError
     from .config import ConfigError
     from .data import DataError
+    from .export import ExportError
     from .models import WeightsError
 
-    return DataError, CheckpointError, ConfigError, WeightsError
+    return DataError, CheckpointError, ConfigError, WeightsError, ExportError
 
 
 @app.command()
@@ -202,12 +209,15 @@ def predict(
     out: Annotated[Optional[Path], typer.Option(help="CSV (default: <first run>/pred_<split>[_tta][_<vote>N].csv).")] = None,
     which: Annotated[Checkpoint, typer.Option(help="Checkpoint in each run folder.")] = Checkpoint.best,
     device: Annotated[str, typer.Option(help="auto | cpu | cuda | mps.")] = "auto",
+    engine: Annotated[EngineName, typer.Option(help="torch, or onnx: each run's <which>.onnx on onnxruntime "
+                                                    "(maskcls export onnx).")] = EngineName.torch,
 ):
     """Write per-image class probabilities of one task's runs to a CSV (and a JSON note beside it)."""
     from .submit import default_output, predict_runs, write_predictions
 
     try:
-        table, note = predict_runs(runs, split.value, data_dir, tta, vote.value, which.value, device, task.value)
+        table, note = predict_runs(runs, split.value, data_dir, tta, vote.value, which.value, device, task.value,
+                                   engine.value)
         path = write_predictions(table, out or default_output(runs, split.value, tta, vote.value), note)
     except _input_errors() as err:
         fail(str(err))
@@ -294,6 +304,81 @@ def compare(
     except _input_errors() as err:
         fail(str(err))
     typer.echo("\n".join(lines))
+
+
+# --- detect, export ---------------------------------------------------------------------------------
+
+def _specialist_runs(mask, age, gender, project: Path, which: str) -> dict[str, list[Path]]:
+    from .submit import newest_run
+
+    chosen = {"mask": mask, "age": age, "gender": gender}
+    return {task: list(given or [newest_run(project, task, which)]) for task, given in chosen.items()}
+
+
+@app.command()
+def detect(
+    photos: Annotated[List[Path], typer.Argument(help="Photos, or folders searched for image files.")],
+    mask: Annotated[Optional[List[Path]], typer.Option(help="Mask run (repeat to average; default: newest in <project>/mask).")] = None,
+    age: Annotated[Optional[List[Path]], typer.Option(help="Age run (repeat to average; default: newest).")] = None,
+    gender: Annotated[Optional[List[Path]], typer.Option(help="Gender run (repeat to average; default: newest).")] = None,
+    out: Annotated[Path, typer.Option(help="One row per face: CSV (JSON note beside it), or one JSON file if *.json.")] = Path("detections.csv"),
+    annotate: Annotated[Optional[Path], typer.Option(help="Folder to write each photo into with its boxes and labels drawn.")] = None,
+    min_prob: Annotated[float, typer.Option(help="MTCNN probability a face needs for a row (lower finds more masked "
+                                                  "faces and more false boxes on textures).")] = 0.9,
+    min_face: Annotated[int, typer.Option(help="Smallest face MTCNN looks for, in pixels.")] = 20,
+    second_pass: Annotated[bool, typer.Option(help="Also run MTCNN's looser pass, which finds most masked faces the "
+                                                   "first misses (boxes repeating a found face are dropped).")] = True,
+    tta: Annotated[bool, typer.Option(help="Average the original, flipped and config `tta` views of each face.")] = False,
+    engine: Annotated[EngineName, typer.Option(help="torch, or onnx: each run's <which>.onnx (maskcls export onnx).")] = EngineName.torch,
+    project: Annotated[Path, typer.Option(help="Folder holding <task>/<run>/ for the default runs.")] = Path("runs"),
+    which: Annotated[Checkpoint, typer.Option(help="Checkpoint in each run folder.")] = Checkpoint.best,
+    device: Annotated[str, typer.Option(help="auto | cpu | cuda | mps.")] = "auto",
+):
+    """Find every face in each photo (MTCNN), classify mask, gender and age band; one row per face.
+
+    Each face is cut out as the training crops were (the box grown by the run's crop_margin), even for runs
+    trained with crop: none or center: a whole group photo is never fed to a classifier.
+    """
+    from .detect import DetectSettings, run_detect
+
+    passes = DetectSettings.passes if second_pass else DetectSettings.passes[:1]
+    settings = DetectSettings(min_prob=min_prob, passes=passes, min_face_size=min_face, tta=tta, runtime=engine.value,
+                              device=device)
+    try:
+        runs = _specialist_runs(mask, age, gender, project, which.value)
+        result, path = run_detect(photos, runs, out, settings, which.value, annotate)
+    except _input_errors() as err:
+        fail(str(err))
+    for message in result.unreadable:
+        typer.echo(f"warning: skipped {message}", err=True)
+    for file in result.no_face:
+        typer.echo(f"{file}: no face found")
+    typer.echo(f"{result.photos} photo(s), {result.faces} face(s), {len(result.no_face)} without a face, "
+               f"{len(result.unreadable)} unreadable -> {path}")
+    if annotate is not None:
+        typer.echo(f"annotated {len(result.annotated)} photo(s) into {annotate}")
+
+
+@export_app.command("onnx")
+def export_onnx(
+    mask: Annotated[Optional[List[Path]], typer.Option(help="Mask run (repeatable; default: newest in <project>/mask).")] = None,
+    age: Annotated[Optional[List[Path]], typer.Option(help="Age run (repeatable; default: newest).")] = None,
+    gender: Annotated[Optional[List[Path]], typer.Option(help="Gender run (repeatable; default: newest).")] = None,
+    joint: Annotated[Optional[List[Path]], typer.Option(help="Instead of the specialists: joint 18-class run(s).")] = None,
+    check_images: Annotated[Optional[Path], typer.Option(help="Real images for the parity check (default: each run's <data_dir>/eval/images).")] = None,
+    project: Annotated[Path, typer.Option(help="Folder holding <task>/<run>/ for the default runs.")] = Path("runs"),
+    which: Annotated[Checkpoint, typer.Option(help="Checkpoint in each run folder.")] = Checkpoint.best,
+):
+    """Write <run>/<which>.onnx per run (logits, dynamic batch), checked against PyTorch with onnxruntime."""
+    from .export import PARITY_ATOL, export_runs
+
+    try:
+        runs = joint or [r for rs in _specialist_runs(mask, age, gender, project, which.value).values() for r in rs]
+        results = export_runs(runs, which.value, check_images)
+    except _input_errors() as err:
+        fail(str(err))
+    typer.echo("\n".join(result.format() for result in results))
+    typer.echo(f"parity: every probability within {PARITY_ATOL:g} of PyTorch's")
 
 
 def main() -> None:

@@ -44,6 +44,7 @@ class Run:
     config: Config
     mean: tuple[float, ...]
     std: tuple[float, ...]
+    which: str = "best"  # the checkpoint it came from: <which>.pt (and <which>.onnx once exported)
 
     @property
     def task(self) -> str:
@@ -54,7 +55,22 @@ def load_run(run_dir: str | Path, which: str = "best") -> Run:
     if not Path(run_dir).exists():
         raise DataError(f"{run_dir}: run folder does not exist")
     model, config, state = load_model(Path(run_dir), which)
-    return Run(Path(run_dir), model, config, tuple(state["mean"]), tuple(state["std"]))
+    return Run(Path(run_dir), model, config, tuple(state["mean"]), tuple(state["std"]), which)
+
+
+RUNTIMES = ("torch", "onnx")  # `--engine`: PyTorch eager, or the run's exported ONNX file on onnxruntime
+
+
+def inference_model(run: Run, runtime: str = "torch") -> nn.Module:
+    """What predicts for ``run``: its PyTorch model, or its ``<which>.onnx`` (``maskcls export onnx``) on
+    onnxruntime behind the same interface (images in, logits out), so TTA and voting do not change."""
+    if runtime == "torch":
+        return run.model
+    if runtime == "onnx":
+        from .export import load_onnx_model
+
+        return load_onnx_model(run)
+    raise ValueError(f"engine {runtime!r}: expected one of {', '.join(RUNTIMES)}")
 
 
 # --- test-time augmentation -------------------------------------------------------------------------
@@ -173,15 +189,17 @@ def _engine(config: Config, device: str) -> Engine:
     return Engine(pick_device(device), config.amp, config.channels_last, config.workers)
 
 
-def predict_run(run: Run, split: str, data_dir: str | Path, tta: bool = False, device: str = "auto") -> pd.DataFrame:
+def predict_run(run: Run, split: str, data_dir: str | Path, tta: bool = False, device: str = "auto",
+                runtime: str = "torch") -> pd.DataFrame:
     """One run's table: key column, ``p0..``, and for val ``target``/``label``."""
     if split == "val" and run.config.val != "fold":
         raise DataError(f"{run.run_dir}: trained on everyone (val={run.config.val}): it has no validation people")
     config = dataclasses.replace(run.config, data_dir=str(data_dir))  # crops and caches follow the data
     rows = image_table(config, split, data_dir)
     views = build_views(tta_views(config, tta))
-    probs = predict_probs(run.model, build_dataset(config, rows["file"], run.mean, run.std), _engine(config, device),
-                          views, config.batch_size, desc=f"{config.task} {split} {run.run_dir.name}")
+    dataset = build_dataset(config, rows["file"], run.mean, run.std)
+    probs = predict_probs(inference_model(run, runtime), dataset, _engine(config, device), views, config.batch_size,
+                          desc=f"{config.task} {split} {run.run_dir.name}")
     table = rows.drop(columns="file")
     for k in range(probs.shape[1]):
         table.insert(1 + k, f"p{k}", probs[:, k])
@@ -189,7 +207,8 @@ def predict_run(run: Run, split: str, data_dir: str | Path, tta: bool = False, d
 
 
 def predict_runs(run_dirs: Sequence[str | Path], split: str, data_dir: str | Path, tta: bool = False,
-                 how: str = "soft", which: str = "best", device: str = "auto", task: str | None = None):
+                 how: str = "soft", which: str = "best", device: str = "auto", task: str | None = None,
+                 runtime: str = "torch"):
     """(table, note): the runs' predictions voted per image.
 
     For val each run predicts its own held-out people, and an image is voted over the runs that held it
@@ -206,12 +225,12 @@ def predict_runs(run_dirs: Sequence[str | Path], split: str, data_dir: str | Pat
             raise DataError(f"{run_dir}: is a {run.task} run, {runs[0].run_dir} a {runs[0].task} run; "
                             f"vote only runs of one task")
         runs.append(run)
-        tables.append(predict_run(run, split, data_dir, tta, device))
+        tables.append(predict_run(run, split, data_dir, tta, device, runtime))
         run.model = None  # one model in memory at a time
     return merge_tables(tables, [r.run_dir for r in runs], split, how), {
         "task": runs[0].task, "split": split, "runs": [str(r.run_dir.resolve()) for r in runs], "which": which,
         "vote": how, "tta": tta, "views": [name for name, _ in build_views(tta_views(runs[0].config, tta))],
-        "data_dir": str(Path(data_dir).resolve())}
+        "engine": runtime, "data_dir": str(Path(data_dir).resolve())}
 
 
 def merge_tables(tables: Sequence[pd.DataFrame], names: Sequence, split: str, how: str = "soft") -> pd.DataFrame:

@@ -1,0 +1,305 @@
+"""Faces in any photo: MTCNN finds every face, each is cropped as training cropped, the three specialists
+classify it, and every face becomes one row; ``annotate`` draws the boxes and labels onto the photo.
+
+A face is always cut out before it is classified, whatever a run's ``crop`` setting: the MTCNN box grown by
+the run's ``crop_margin`` and clipped to the photo (``crop.crop_box``, the code that cut the training crops).
+A run trained on whole or centre-cropped photos (``crop: none`` / ``center``) therefore sees a tighter framing
+than it trained on, but a group photo is never fed to a classifier whole.
+
+Rows: ``file``, ``status`` (``face``, or ``no_face`` for a readable photo without one: one row with the face
+fields empty), ``face`` (1, 2, ... left to right), the box ``x1 y1 x2 y2`` (MTCNN's, clipped to the photo),
+``det_prob``, ``mask`` ``gender`` ``age`` with ``*_prob`` (the chosen class's probability), the 18-class
+``label`` (argmax per task, ``mask*6 + gender*3 + age``; no tuned bias) and its ``class`` name. Unreadable
+files get no row; they are listed in the note.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+from PIL import Image, ImageDraw, ImageFont
+from torch import nn
+
+from .data.crop import CropSettings, Face, create_detector, crop_box, detect_faces
+from .data.dataset import ImageDataset
+from .data.images import open_rgb
+from .data.labels import class_name, encode
+from .data.layout import DataError
+from .engine import Engine, pick_device
+from .io import atomic_path, atomic_write_text
+from .submit import Run, build_views, inference_model, load_run, note_path, predict_probs, tta_views
+from .tasks import SPECIALISTS, get_task
+from .transforms import build_transforms
+
+PHOTO_SUFFIXES = (".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+COLUMNS = ("file", "status", "face", "x1", "y1", "x2", "y2", "det_prob", "mask", "mask_prob", "gender",
+           "gender_prob", "age", "age_prob", "label", "class")
+MASK_COLOURS = {"wear": (0, 170, 0), "incorrect": (235, 140, 0), "not_wear": (215, 0, 0)}
+PHOTOS_PER_BATCH = 16  # photos detected and classified together: their faces share the classifier batches
+
+
+MAX_OVERLAP = 0.5  # a later pass's face covering more than this fraction of a kept face (or of itself) repeats it
+
+
+@dataclass(frozen=True)
+class DetectSettings:
+    min_prob: float = 0.9  # MTCNN's O-net probability a face needs to get a row, in every pass
+    # MTCNN's P-, R- and O-net thresholds per pass: the training crops' two passes. The first misses about a
+    # third of masked faces (masks hide the nose and mouth), the looser second finds most of them, plus
+    # eyes and whole-head boxes, which are dropped as repeats of a face the first pass found (MAX_OVERLAP).
+    passes: tuple[tuple[float, float, float], ...] = CropSettings().passes
+    min_face_size: int = 20  # pixels: the smallest face MTCNN's image pyramid looks for
+    tta: bool = False
+    runtime: str = "torch"  # torch | onnx (the runs' exported <which>.onnx)
+    device: str = "auto"
+
+
+@dataclass
+class Specialist:
+    """The runs of one task and what predicts for each; several runs are averaged (soft vote)."""
+
+    task: str
+    runs: list[Run]
+    models: list[nn.Module]
+
+
+@dataclass
+class Detections:
+    rows: list[dict] = field(default_factory=list)
+    photos: int = 0  # readable photos
+    unreadable: list[str] = field(default_factory=list)  # one message per file that did not decode
+    annotated: list[Path] = field(default_factory=list)
+
+    @property
+    def faces(self) -> int:
+        return sum(row["status"] == "face" for row in self.rows)
+
+    @property
+    def no_face(self) -> list[str]:
+        return [row["file"] for row in self.rows if row["status"] == "no_face"]
+
+    def table(self) -> pd.DataFrame:
+        return pd.DataFrame(self.rows, columns=list(COLUMNS))
+
+
+# --- inputs -----------------------------------------------------------------------------------------
+
+def find_photos(paths: Sequence[str | Path]) -> list[tuple[Path, Path]]:
+    """(photo, name relative to what was given): files as given, folders searched for image files, sorted."""
+    photos = []
+    for given in map(Path, paths):
+        if given.is_dir():
+            found = sorted(p for p in given.rglob("*") if p.is_file() and p.suffix.lower() in PHOTO_SUFFIXES
+                           and not any(part.startswith(".") for part in p.relative_to(given).parts))
+            if not found:
+                raise DataError(f"{given}: holds no image files ({', '.join(PHOTO_SUFFIXES)})")
+            photos += [(p, p.relative_to(given)) for p in found]
+        elif given.is_file():
+            photos.append((given, Path(given.name)))  # named on the command line: tried whatever its suffix
+        else:
+            raise DataError(f"{given}: no such file or folder")
+    return photos
+
+
+def load_specialists(runs: dict[str, Sequence[str | Path]], which: str = "best",
+                     runtime: str = "torch") -> list[Specialist]:
+    """Each task's runs loaded, checked to be of that task, with the model ``runtime`` asks for."""
+    specialists = []
+    for task in SPECIALISTS:
+        if not runs.get(task):
+            raise DataError(f"no {task} run given")
+        loaded = [load_run(run_dir, which) for run_dir in runs[task]]
+        for run in loaded:
+            if run.task != task:
+                raise DataError(f"{run.run_dir}: is a {run.task} run, not {task}")
+        specialists.append(Specialist(task, loaded, [inference_model(run, runtime) for run in loaded]))
+    return specialists
+
+
+# --- crops and classification -----------------------------------------------------------------------
+
+def find_faces(images: Sequence[Image.Image], detectors: Sequence, min_prob: float) -> list[list[Face]]:
+    """Every face of each image at ``min_prob`` or above, left to right: the first detector's faces, then each
+    later detector's that do not repeat one already found."""
+    found: list[list[Face]] = [[] for _ in images]
+    for detector in detectors:
+        for kept, faces in zip(found, detect_faces(list(images), detector, min_prob)):
+            kept += [face for face in faces if all(_overlap(face.box, other.box) <= MAX_OVERLAP for other in kept)]
+    return [sorted(faces, key=lambda face: (face.box[0], face.box[1])) for faces in found]
+
+
+def _overlap(a: Sequence[float], b: Sequence[float]) -> float:
+    """Intersection over the smaller box's area: 1 when one box holds the other (an eye inside a face)."""
+    width = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    height = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    smaller = min((a[2] - a[0]) * (a[3] - a[1]), (b[2] - b[0]) * (b[3] - b[1]))
+    return width * height / smaller if smaller > 0 else 1.0
+
+
+def face_crops(image: Image.Image, faces: Sequence[Face], config) -> list[Image.Image]:
+    """Each face as the run's training crops were cut: the box grown by ``config.crop_margin``, clipped."""
+    settings = CropSettings.from_config(config)
+    return [image.crop(crop_box(face, image.size, settings)) for face in faces]
+
+
+def classify(specialist: Specialist, photos: Sequence[tuple[Image.Image, Sequence[Face]]], settings: DetectSettings,
+             engine: Engine) -> np.ndarray:
+    """(faces, classes) probabilities of every face of ``photos`` in order, averaged over the task's runs."""
+    probs = []
+    for run, model in zip(specialist.runs, specialist.models):
+        crops = [crop for image, faces in photos for crop in face_crops(image, faces, run.config)]
+        transform = build_transforms(run.config.augment, run.config.img_size, run.mean, run.std, train=False)
+        dataset = ImageDataset(list(range(len(crops))), None, transform, crops.__getitem__)
+        views = build_views(tta_views(run.config, settings.tta))
+        probs.append(predict_probs(model, dataset, engine, views, run.config.batch_size,
+                                   desc=f"{specialist.task} {run.run_dir.name}"))
+    return np.mean(probs, axis=0)
+
+
+def face_rows(file: str, image: Image.Image, faces: Sequence[Face], probs: dict[str, np.ndarray]) -> list[dict]:
+    """One row per face (``faces`` left to right, ``probs[task]`` aligned with them), or one ``no_face`` row."""
+    if not faces:
+        return [{"file": file, "status": "no_face"}]
+    width, height = image.size
+    rows = []
+    for index, face in enumerate(faces):
+        x1, y1, x2, y2 = face.box
+        row = {"file": file, "status": "face", "face": index + 1,
+               "x1": max(0, round(x1)), "y1": max(0, round(y1)), "x2": min(width, round(x2)),
+               "y2": min(height, round(y2)), "det_prob": round(face.prob, 4)}
+        codes = {}
+        for task in SPECIALISTS:
+            codes[task] = int(probs[task][index].argmax())
+            row[task] = get_task(task).class_names[codes[task]]
+            row[f"{task}_prob"] = round(float(probs[task][index, codes[task]]), 4)
+        row["label"] = int(encode(codes["mask"], codes["gender"], codes["age"]))
+        row["class"] = class_name(row["label"])
+        rows.append(row)
+    return rows
+
+
+# --- annotation -------------------------------------------------------------------------------------
+
+def annotate(image: Image.Image, rows: Sequence[dict]) -> Image.Image:
+    """A copy of ``image`` with each face's box (coloured by mask: green wear, orange incorrect, red not
+    wear) and its number, mask, gender and age band; a photo without a face says so in its corner."""
+    image = image.copy()
+    draw = ImageDraw.Draw(image)
+    short_side = min(image.size)
+    font = ImageFont.load_default(size=max(11, round(short_side / 40)))
+    line = max(2, round(short_side / 250))
+    for row in rows:
+        if row["status"] != "face":
+            _label(draw, (0, 0), "no face found", (90, 90, 90), font, image.width)
+            continue
+        box = (row["x1"], row["y1"], row["x2"], row["y2"])
+        colour = MASK_COLOURS[row["mask"]]
+        draw.rectangle(box, outline=colour, width=line)
+        text = f"{row['face']} {row['mask']} {row['mask_prob']:.2f}\n{row['gender']} {row['age']}"
+        _label(draw, (box[0], box[1]), text, colour, font, image.width, above=True)
+    return image
+
+
+def _label(draw: ImageDraw.ImageDraw, corner: tuple[int, int], text: str, colour, font, image_width: int,
+           above: bool = False) -> None:
+    """White text on a ``colour`` panel at ``corner``: above it when there is room, else just inside."""
+    left, top, right, bottom = draw.multiline_textbbox((0, 0), text, font=font)
+    pad = max(2, round(font.size / 6))
+    width, height = right - left + 2 * pad, bottom - top + 2 * pad
+    x = min(corner[0], max(0, image_width - width))
+    y = corner[1] - height if above and corner[1] >= height else corner[1]
+    draw.rectangle((x, y, x + width, y + height), fill=colour)
+    draw.multiline_text((x + pad - left, y + pad - top), text, fill=(255, 255, 255), font=font)
+
+
+def annotated_path(out_dir: Path, name: Path, taken: set[Path]) -> Path:
+    """``out_dir/name``, as PNG unless it is a JPEG or PNG already; ``_2``, ``_3``... when a name repeats."""
+    path = out_dir / (name if name.suffix.lower() in (".jpg", ".jpeg", ".png") else name.with_suffix(".png"))
+    stem, number = path.stem, 2
+    while path in taken:
+        path, number = path.with_name(f"{stem}_{number}{path.suffix}"), number + 1
+    taken.add(path)
+    return path
+
+
+def save_image(image: Image.Image, path: Path) -> Path:
+    with atomic_path(path) as tmp:
+        jpeg = path.suffix.lower() in (".jpg", ".jpeg")
+        image.save(tmp, format="JPEG" if jpeg else "PNG", **({"quality": 92} if jpeg else {}))
+    return path
+
+
+# --- the detect command -----------------------------------------------------------------------------
+
+def detect_photos(paths: Sequence[str | Path], specialists: Sequence[Specialist], settings: DetectSettings,
+                  annotate_dir: str | Path | None = None, detectors: Sequence | None = None) -> Detections:
+    """Find, crop and classify every face of every photo under ``paths``; draw them into ``annotate_dir``."""
+    from .progress import progress
+
+    photos = find_photos(paths)
+    device = pick_device(settings.device)
+    detectors = detectors or [create_detector(t, settings.min_face_size, device) for t in settings.passes]
+    first = specialists[0].runs[0].config
+    engine = Engine(device, first.amp, first.channels_last, workers=0)  # crops are in memory
+    result, taken = Detections(), set()
+    chunks = [photos[i:i + PHOTOS_PER_BATCH] for i in range(0, len(photos), PHOTOS_PER_BATCH)]
+    for chunk in progress(chunks, desc="detect", unit="batch", disable=None if len(chunks) > 1 else True):
+        loaded = []
+        for path, name in chunk:
+            try:
+                loaded.append((path, name, open_rgb(path)))
+            except DataError as err:
+                result.unreadable.append(str(err))
+        found = find_faces([image for _, _, image in loaded], detectors, settings.min_prob) if loaded else []
+        pairs = [(image, faces) for (_, _, image), faces in zip(loaded, found)]
+        probs = {s.task: classify(s, pairs, settings, engine) for s in specialists} if any(found) else {}
+        start = 0
+        for (path, name, image), faces in zip(loaded, found):
+            rows = face_rows(str(path), image, faces, {task: p[start:start + len(faces)] for task, p in probs.items()})
+            start += len(faces)
+            result.rows += rows
+            if annotate_dir is not None:
+                result.annotated.append(save_image(annotate(image, rows), annotated_path(Path(annotate_dir), name,
+                                                                                         taken)))
+        result.photos += len(loaded)
+    return result
+
+
+def detection_note(specialists: Sequence[Specialist], settings: DetectSettings, result: Detections) -> dict:
+    return {"runs": {s.task: [str(r.run_dir.resolve()) for r in s.runs] for s in specialists},
+            "which": specialists[0].runs[0].which, "engine": settings.runtime, "tta": settings.tta,
+            "views": {s.task: [name for name, _ in build_views(tta_views(s.runs[0].config, settings.tta))]
+                      for s in specialists},
+            "crop_margin": {s.task: [r.config.crop_margin for r in s.runs] for s in specialists},
+            "settings": {k: v for k, v in dataclasses.asdict(settings).items() if k not in ("tta", "runtime")},
+            "photos": result.photos, "faces": result.faces, "no_face": result.no_face,
+            "unreadable": result.unreadable}
+
+
+def write_detections(result: Detections, note: dict, out: str | Path) -> Path:
+    """CSV with the note beside it as JSON, or (``.json``) one JSON file: the note plus ``rows``."""
+    out = Path(out)
+    table = result.table()
+    if out.suffix.lower() == ".json":
+        records = json.loads(table.to_json(orient="records"))  # NaN -> null, numpy -> plain numbers
+        atomic_write_text(out, json.dumps({**note, "rows": records}, indent=1) + "\n")
+        return out
+    with atomic_path(out) as tmp:
+        table.astype({c: "Int64" for c in ("face", "x1", "y1", "x2", "y2", "label")}).to_csv(tmp, index=False)
+    atomic_write_text(note_path(out), json.dumps(note, indent=1) + "\n")
+    return out
+
+
+def run_detect(paths: Sequence[str | Path], runs: dict[str, Sequence[str | Path]], out: str | Path,
+               settings: DetectSettings = DetectSettings(), which: str = "best",
+               annotate_dir: str | Path | None = None) -> tuple[Detections, Path]:
+    """``maskcls detect``: load the specialists, detect and classify, write the rows (and annotated photos)."""
+    find_photos(paths)  # a wrong path fails before the models load
+    specialists = load_specialists(runs, which, settings.runtime)
+    result = detect_photos(paths, specialists, settings, annotate_dir)
+    return result, write_detections(result, detection_note(specialists, settings, result), out)

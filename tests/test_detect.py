@@ -1,0 +1,189 @@
+"""maskcls detect: every face of a real photo found (real MTCNN), cropped as training cropped, classified,
+drawn; a folder mixing good, face-less and unreadable files; errors as one line naming the file.
+
+The runs are untrained (a fresh test_efficientnet saved as best.pt, as in test_submit): the labels are
+arbitrary, but every path from photo to row is the real one.
+"""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from PIL import Image
+from typer.testing import CliRunner
+
+from maskcls.checkpoint import save_checkpoint
+from maskcls.cli import app
+from maskcls.config import load_config, save_config
+from maskcls.data.crop import Face
+from maskcls.detect import COLUMNS, MASK_COLOURS, DetectSettings, Specialist, classify, face_crops
+from maskcls.engine import Engine
+from maskcls.models import build_model, model_mean_std
+from maskcls.submit import load_run
+from maskcls.tasks import SPECIALISTS, get_task
+
+skimage_data = pytest.importorskip("skimage.data")
+
+runner = CliRunner()
+TINY = ["backbone=test_efficientnet", "pretrained=none", "img_size=32", "batch_size=8"]
+PORTRAIT = (160, 200)  # the astronaut's upper body at the competition's framing (as in test_crop)
+FACE_POINTS = [(53, 51), (74, 52), (51, 70), (73, 71)]  # eyes and mouth corners in the portrait
+
+
+def run(*args):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+@pytest.fixture(autouse=True)
+def quiet(monkeypatch):
+    monkeypatch.setenv("MASKCLS_NO_PROGRESS", "1")
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """One torch thread: the tiny models gain nothing from two, and on the shared 2-core machine two threads
+    wait on each other whenever another job holds a core (several times slower)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def make_run(project, task, name="exp", seed=0, *extra):
+    """An untrained run folder with config.yaml and best.pt, as `maskcls train` leaves it."""
+    config = load_config(task, [*TINY, f"data_dir={project / 'faces'}", f"project={project}", f"name={name}", *extra])
+    torch.manual_seed(seed)
+    model = build_model(config)
+    mean, std = model_mean_std(model)
+    run_dir = project / task / name
+    save_config(config, run_dir / "config.yaml")
+    save_checkpoint(run_dir / "best.pt", model=model.state_dict(), config=config.to_dict(), epoch=0, best_f1=0.0,
+                    class_names=list(get_task(task).class_names), mean=list(mean), std=list(std))
+    return run_dir
+
+
+def portrait() -> Image.Image:
+    """Eileen Collins (scikit-image's astronaut), head and shoulders."""
+    return Image.fromarray(skimage_data.astronaut()).crop((100, 0, 420, 400)).resize(PORTRAIT)
+
+
+def side_by_side(image: Image.Image, copies: int = 2) -> Image.Image:
+    canvas = Image.new("RGB", (image.width * copies, image.height))
+    for k in range(copies):
+        canvas.paste(image, (k * image.width, 0))
+    return canvas
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory):
+    """runs/<task>/exp for the three specialists (crop: none, like the sample runs)."""
+    root = tmp_path_factory.mktemp("runs")
+    for task in SPECIALISTS:
+        make_run(root, task)
+    return root
+
+
+@pytest.fixture(scope="module")
+def pair(tmp_path_factory):
+    """Two copies of the portrait side by side, as a lossless PNG (320 x 200)."""
+    path = tmp_path_factory.mktemp("photos") / "pair.png"
+    side_by_side(portrait()).save(path)
+    return path
+
+
+def test_two_copies_of_a_real_face_give_two_rows_with_boxes_on_their_halves(project, pair, tmp_path):
+    out, drawn = tmp_path / "faces.csv", tmp_path / "drawn"
+    # faces are about 45 px wide: --min-face 32 spares MTCNN the largest (slowest) levels of its pyramid
+    result = run("detect", pair, "--project", project, "--out", out, "--annotate", drawn, "--tta", "--min-face", 32)
+    assert result.exit_code == 0, result.output
+    rows = pd.read_csv(out)
+    assert tuple(rows.columns) == COLUMNS
+    assert rows["status"].tolist() == ["face", "face"] and rows["face"].tolist() == [1, 2]  # left to right
+    half = PORTRAIT[0]
+    for (_, row), offset in zip(rows.iterrows(), (0, half)):
+        assert offset <= row["x1"] < row["x2"] <= offset + half  # each box on its own half
+        for x, y in FACE_POINTS:
+            assert row["x1"] < x + offset < row["x2"] and row["y1"] < y < row["y2"]
+        assert row["det_prob"] > 0.95
+        codes = {task: get_task(task).class_names.index(row[task]) for task in SPECIALISTS}
+        assert row["label"] == codes["mask"] * 6 + codes["gender"] * 3 + codes["age"]
+        assert row["class"] == f"{row['mask']}/{row['gender']}/{row['age']}"
+        assert all(0 < row[f"{task}_prob"] <= 1 for task in SPECIALISTS)
+    # the same face twice: the same answer twice (boxes differ by a pixel or two, so the probabilities barely)
+    assert rows.loc[0, ["mask", "gender", "age"]].tolist() == rows.loc[1, ["mask", "gender", "age"]].tolist()
+    note = json.loads(out.with_suffix(".json").read_text())
+    assert note["faces"] == 2 and note["no_face"] == [] and note["unreadable"] == []
+    assert note["views"]["mask"] == ["orig", "flip"] and note["engine"] == "torch"
+
+    annotated = Image.open(drawn / "pair.png").convert("RGB")
+    original = Image.open(pair).convert("RGB")
+    assert annotated.size == original.size
+    for _, row in rows.iterrows():  # the box's left edge, half-way down, is drawn in the mask's colour
+        assert annotated.getpixel((int(row["x1"]), int((row["y1"] + row["y2"]) // 2))) == MASK_COLOURS[row["mask"]]
+    assert "annotated 1 photo(s)" in result.stdout
+
+
+def test_a_face_is_cut_out_with_its_runs_margin_whatever_the_runs_crop_mode():
+    image = Image.new("RGB", (200, 100))
+    face = Face((50.0, 20.0, 90.0, 60.0), 0.99)
+    for mode in ("none", "center", "mtcnn"):
+        config = load_config("mask", [f"crop={mode}", "crop_margin=0.5"])
+        crop, = face_crops(image, [face], config)
+        assert crop.size == (80, 80)  # 40 px box + 2 x 20 px margin; the top clipped at 0, the bottom at 80
+    assert face_crops(image, [face], load_config("mask", ["crop_margin=0"]))[0].size == (40, 40)
+
+
+def test_a_folder_of_good_faceless_and_unreadable_files(project, pair, tmp_path):
+    folder = tmp_path / "entrance"
+    (folder / "day2").mkdir(parents=True)
+    Image.open(pair).save(folder / "group.jpg", quality=95)
+    Image.new("RGB", (240, 180), (128, 128, 128)).save(folder / "day2" / "empty_hall.png")
+    (folder / "broken.jpg").write_bytes(b"this is not a JPEG")
+    data = (folder / "group.jpg").read_bytes()
+    (folder / "day2" / "cut_off.jpg").write_bytes(data[: len(data) // 3])  # a half-copied upload
+    (folder / "notes.txt").write_text("not a photo: ignored")
+    out = tmp_path / "faces.json"
+    result = run("detect", folder, "--project", project, "--out", out, "--annotate", tmp_path / "drawn",
+                 "--min-face", 32)
+    assert result.exit_code == 0, result.output
+    skipped = [line for line in result.stderr.splitlines() if line.startswith("warning: skipped")]
+    assert len(skipped) == 2 and "broken.jpg" in skipped[0] and "cut_off.jpg" in skipped[1]
+    assert f"{folder / 'day2' / 'empty_hall.png'}: no face found" in result.stdout
+    written = json.loads(out.read_text())
+    table = pd.DataFrame(written["rows"])
+    assert table.groupby("file")["status"].apply(list).to_dict() == {
+        str(folder / "group.jpg"): ["face", "face"], str(folder / "day2" / "empty_hall.png"): ["no_face"]}
+    assert written["photos"] == 2 and written["faces"] == 2 and len(written["unreadable"]) == 2
+    no_face_row = table[table["status"] == "no_face"].iloc[0]
+    assert no_face_row[["face", "x1", "mask", "label"]].isna().all()
+    # annotated copies keep the folder's layout; unreadable files get none
+    assert sorted(p.relative_to(tmp_path / "drawn").as_posix() for p in (tmp_path / "drawn").rglob("*.*")) == [
+        "day2/empty_hall.png", "group.jpg"]
+
+
+@pytest.mark.parametrize("case", ["missing photo", "no runs", "wrong task", "empty folder"])
+def test_errors_are_one_line_naming_the_file(project, pair, tmp_path, case):
+    args, expected = {
+        "missing photo": ([tmp_path / "nope.jpg", "--project", project], f"{tmp_path / 'nope.jpg'}: no such file"),
+        "no runs": ([pair, "--project", tmp_path / "empty"], f"{tmp_path / 'empty' / 'mask'}: no run"),
+        "wrong task": ([pair, "--project", project, "--mask", project / "age" / "exp"], "is a age run, not mask"),
+        "empty folder": ([tmp_path, "--project", project], f"{tmp_path}: holds no image files"),
+    }[case]
+    result = run("detect", *args, "--out", tmp_path / "out.csv")
+    assert result.exit_code == 1
+    assert result.stderr.startswith("error: ") and len(result.stderr.strip().splitlines()) == 1
+    assert expected in result.stderr
+    assert not (tmp_path / "out.csv").exists()
+
+
+def test_repeated_runs_of_a_task_are_averaged(project, tmp_path):
+    runs = [load_run(project / "mask" / "exp"), load_run(make_run(tmp_path, "mask", "seed1", 1))]
+    photos = [(portrait(), [Face((45.0, 30.0, 85.0, 90.0), 0.99), Face((10.0, 10.0, 40.0, 50.0), 0.95)])]
+    engine = Engine(torch.device("cpu"), amp=False, channels_last=False)
+    alone = [classify(Specialist("mask", [r], [r.model]), photos, DetectSettings(), engine) for r in runs]
+    both = classify(Specialist("mask", runs, [r.model for r in runs]), photos, DetectSettings(), engine)
+    assert both.shape == (2, 3) and not np.allclose(alone[0], alone[1])
+    assert np.allclose(both, (alone[0] + alone[1]) / 2, atol=1e-6)
