@@ -18,12 +18,14 @@ import sys
 import time
 from pathlib import Path
 
+import pandas as pd
+
 from maskcls.evaluate import read_answers, score
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "faces"
 # sized to well under an hour on a 2-core CPU: ~15-20 train images/s at 96 px, 5600 train images an epoch
-FULL = {"img_size": 96, "epochs": {"mask": 1, "gender": 1, "age": 2, "joint": 2}, "batch_size": 32}
-QUICK = {"img_size": 64, "epochs": {"mask": 1, "gender": 1, "age": 1, "joint": 1}, "batch_size": 32}
+FULL = {"img_size": 96, "epochs": {"mask": 1, "gender": 1, "age": 2, "joint": 2}, "batch_size": 32, "lr": 5e-4}
+QUICK = {"img_size": 64, "epochs": {"mask": 1, "gender": 1, "age": 1, "joint": 1}, "batch_size": 32, "lr": 5e-4}
 
 
 def maskcls(*args: str) -> tuple[str, float]:
@@ -54,7 +56,7 @@ def main() -> None:
     os.environ["MASKCLS_NO_PROGRESS"] = "1"
     budget = QUICK if args.quick else FULL
     project = args.project / ("quick" if args.quick else "full")
-    common = [f"data_dir={args.data}", f"backbone={args.backbone}", f"pretrained={args.pretrained}",
+    common = [f"data_dir={args.data}", f"lr={budget['lr']}", f"backbone={args.backbone}", f"pretrained={args.pretrained}",
               f"img_size={budget['img_size']}", f"batch_size={budget['batch_size']}", f"crop={args.crop}",
               f"seed={args.seed}", f"project={project}", "device=cpu", "warmup_epochs=0.3"]
     print(f"budget: {json.dumps(budget)}; backbone {args.backbone} ({args.pretrained}), crop {args.crop}, "
@@ -63,15 +65,23 @@ def main() -> None:
     seconds = {}
     if args.crop == "mtcnn":
         _, seconds["crop"] = maskcls("crop", str(args.data))
-    tasks = ["mask", "gender", "age"] + ([] if args.skip_joint else ["joint"])
     runs = {}
-    for task in tasks:
+
+    def train(task: str) -> None:
+        """Train (or finish an interrupted run of) ``task``; a finished run is reused with its recorded time."""
         name = f"{task}-s{args.seed}"
-        if (project / task / name / "last.pt").is_file():
-            _, seconds[task] = maskcls("train", task, "--resume", str(project / task / name))
+        runs[task] = run = project / task / name
+        done = run / "results.csv"
+        if done.is_file() and len(pd.read_csv(done)) == budget["epochs"][task]:
+            seconds[task] = float(pd.read_csv(done)["seconds"].sum())
+            print(f"  reuse {run} (train time from its results.csv)", flush=True)
+        elif (run / "last.pt").is_file():
+            _, seconds[task] = maskcls("train", task, "--resume", str(run))
         else:
             _, seconds[task] = maskcls("train", task, *common, f"epochs={budget['epochs'][task]}", f"name={name}")
-        runs[task] = project / task / name
+
+    for task in ("mask", "gender", "age"):
+        train(task)
 
     labels = args.data / "eval" / "labels.csv"
     truth = read_answers(labels)
@@ -83,33 +93,39 @@ def main() -> None:
     bias = project / "bias.yaml"
     maskcls("combine", str(val["mask"]), str(val["age"]), str(val["gender"]), "--tune", "--bias-out", str(bias))
 
-    rows = []
+    rows, results = [], []
+
+    def add_row(label: str, out: Path, train_s: float, infer_s: float) -> None:
+        """Score one submission against labels.csv; print its table row at once (partial runs stay useful)."""
+        s = score(truth.to_numpy(), read_answers(out).reindex(truth.index).to_numpy())
+        t = s["tasks"]
+        rows.append(f"| {label} | {t['mask']:.4f} | {t['gender']:.4f} | {t['age']:.4f} | {s['macro_f1']:.4f} | "
+                    f"{s['accuracy']:.4f} | {train_s:.0f} | {infer_s:.0f} |")
+        print(f"  -> {rows[-1]}", flush=True)
+        results.append({"design": label, **t, "macro_f1": s["macro_f1"], "accuracy": s["accuracy"],
+                        "train_s": train_s, "infer_s": infer_s, "submission": str(out)})
+
     train_s = sum(seconds[t] for t in ("mask", "gender", "age"))
     for label, tta in [("specialists", []), ("specialists + TTA", ["--tta"])]:
         out = project / f"submission_{label.replace(' + ', '_').replace(' ', '_')}.csv"
         _, infer_s = maskcls("submit", *specialists, *tta, "--bias", "none", "--out", str(out))
-        rows.append((label, out, train_s, infer_s))
+        add_row(label, out, train_s, infer_s)
+        infer_tta_s = infer_s
     # the tuned bias on the TTA predictions submit just wrote into the run folders: no second inference
     out = project / "submission_specialists_TTA_tuned_bias.csv"
     tta_preds = [str(runs[task] / "pred_eval_tta.csv") for task in ("mask", "age", "gender")]
     _, combine_s = maskcls("combine", *tta_preds, "--bias", str(bias), "--out", str(out))
-    rows.append(("specialists + TTA + tuned bias", out, train_s, rows[-1][3] + combine_s))
-    if "joint" in runs:
+    add_row("specialists + TTA + tuned bias", out, train_s, infer_tta_s + combine_s)
+    if not args.skip_joint:
+        train("joint")
         for label, tta in [("joint 18-class", []), ("joint 18-class + TTA", ["--tta"])]:
             out = project / f"submission_{label.replace(' + ', '_').replace(' ', '_')}.csv"
             _, infer_s = maskcls("submit", "--joint", str(runs["joint"]), *tta, "--out", str(out))
-            rows.append((label, out, seconds["joint"], infer_s))
+            add_row(label, out, seconds["joint"], infer_s)
 
     print(f"\n| design | mask F1 | gender F1 | age F1 | 18-class macro F1 | accuracy | train s | infer s |")
     print("|---|---|---|---|---|---|---|---|")
-    results = []
-    for label, out, train_s, infer_s in rows:
-        s = score(truth.to_numpy(), read_answers(out).reindex(truth.index).to_numpy())
-        t = s["tasks"]
-        print(f"| {label} | {t['mask']:.4f} | {t['gender']:.4f} | {t['age']:.4f} | {s['macro_f1']:.4f} | "
-              f"{s['accuracy']:.4f} | {train_s:.0f} | {infer_s:.0f} |")
-        results.append({"design": label, **t, "macro_f1": s["macro_f1"], "accuracy": s["accuracy"],
-                        "train_s": train_s, "infer_s": infer_s, "submission": str(out)})
+    print("\n".join(rows))
     if "crop" in seconds:
         print(f"\nface crops (cached after the first run): {seconds['crop']:.0f} s")
     (project / "quality.json").write_text(json.dumps({"budget": budget, "args": {k: str(v) for k, v in vars(args).items()},

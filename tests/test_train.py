@@ -161,6 +161,7 @@ def test_lite0_weights_map_in_order_and_classify_a_cat():
     config = load_config("mask", ["pretrained=efficientnet-lite0"])
     head = build_model(config)
     assert torch.equal(head.conv_stem.weight, list(source.values())[0])  # the first tensor, in place
+    assert not head.classifier.weight.any() and not head.classifier.bias.any()  # a new head starts at zero
     imagenet = build_model(config, num_classes=1000).eval()
     mapped = map_in_order(source, imagenet.state_dict(), "lite0")
     assert all(torch.equal(imagenet.state_dict()[k], v) for k, v in mapped.items())
