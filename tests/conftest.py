@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import torch
 
 from maskcls.data.sample import make_sample_dataset
 
@@ -41,3 +42,22 @@ def edit_csv(path: Path, edit) -> None:
     """Read a CSV as strings, let ``edit(table)`` return the new table, write it back."""
     table = pd.read_csv(path, dtype=str, keep_default_na=False)
     edit(table).to_csv(path, index=False)
+
+
+def untrained_run(project: Path, task: str, overrides: list[str], name: str = "exp", seed: int = 0) -> Path:
+    """A run folder with config.yaml and an untrained best.pt, as `maskcls train` leaves it: inference tests
+    need no training, since they do not care whether the weights are good."""
+    from maskcls.checkpoint import save_checkpoint
+    from maskcls.config import load_config, save_config
+    from maskcls.models import build_model, model_mean_std
+    from maskcls.tasks import get_task
+
+    config = load_config(task, [*overrides, f"project={project}", f"name={name}"])
+    torch.manual_seed(seed)
+    model = build_model(config)
+    mean, std = model_mean_std(model)
+    run_dir = Path(project) / task / name
+    save_config(config, run_dir / "config.yaml")
+    save_checkpoint(run_dir / "best.pt", model=model.state_dict(), config=config.to_dict(), epoch=0, best_f1=0.0,
+                    class_names=list(get_task(task).class_names), mean=list(mean), std=list(std))
+    return run_dir

@@ -13,15 +13,14 @@ import pandas as pd
 import pytest
 import torch
 from PIL import Image
+from conftest import untrained_run
 from typer.testing import CliRunner
 
-from maskcls.checkpoint import save_checkpoint
 from maskcls.cli import app
-from maskcls.config import load_config, save_config
+from maskcls.config import load_config
 from maskcls.data.crop import Face
 from maskcls.detect import COLUMNS, MASK_COLOURS, DetectSettings, Specialist, classify, face_crops
 from maskcls.engine import Engine
-from maskcls.models import build_model, model_mean_std
 from maskcls.submit import load_run
 from maskcls.tasks import SPECIALISTS, get_task
 
@@ -54,15 +53,7 @@ def one_thread():
 
 def make_run(project, task, name="exp", seed=0, *extra):
     """An untrained run folder with config.yaml and best.pt, as `maskcls train` leaves it."""
-    config = load_config(task, [*TINY, f"data_dir={project / 'faces'}", f"project={project}", f"name={name}", *extra])
-    torch.manual_seed(seed)
-    model = build_model(config)
-    mean, std = model_mean_std(model)
-    run_dir = project / task / name
-    save_config(config, run_dir / "config.yaml")
-    save_checkpoint(run_dir / "best.pt", model=model.state_dict(), config=config.to_dict(), epoch=0, best_f1=0.0,
-                    class_names=list(get_task(task).class_names), mean=list(mean), std=list(std))
-    return run_dir
+    return untrained_run(project, task, [*TINY, f"data_dir={project / 'faces'}", *extra], name, seed)
 
 
 def portrait() -> Image.Image:

@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import sys
-import types
 
 import numpy as np
 import pandas as pd
@@ -16,17 +14,14 @@ import pytest
 import torch
 from torch import nn
 from torch.utils.data import TensorDataset
+from conftest import untrained_run
 from typer.testing import CliRunner
 
-from maskcls.checkpoint import save_checkpoint
 from maskcls.cli import app
-from maskcls.config import ConfigError, load_config, save_config
+from maskcls.config import ConfigError, load_config
 from maskcls.data import DEFAULT_AGE_BOUNDS, age_band, decode, load_train, read_eval_images
-from maskcls.data.images import open_rgb
 from maskcls.engine import Engine
-from maskcls.models import build_model, model_mean_std
 from maskcls.submit import build_views, predict_probs, tta_views, vote
-from maskcls.tasks import get_task
 
 runner = CliRunner()
 TINY = ["backbone=test_efficientnet", "img_size=32", "batch_size=8", "folds=3", "preload=false"]
@@ -37,27 +32,13 @@ def run(*args):
 
 
 @pytest.fixture(autouse=True)
-def quiet_and_plain_images(monkeypatch):
+def quiet(monkeypatch):
     monkeypatch.setenv("MASKCLS_NO_PROGRESS", "1")
-    try:
-        import maskcls.data.crop  # noqa: F401
-    except ImportError:  # face crops are another module's work: open images whole until it lands
-        fake = types.ModuleType("maskcls.data.crop")
-        fake.build_image_loader = lambda config: open_rgb
-        monkeypatch.setitem(sys.modules, "maskcls.data.crop", fake)
 
 
 def make_run(project, task, data_dir, name="exp", seed=0, *extra):
     """An untrained run folder with config.yaml and best.pt, as `maskcls train` leaves it."""
-    config = load_config(task, [*TINY, f"data_dir={data_dir}", f"project={project}", f"name={name}", *extra])
-    torch.manual_seed(seed)
-    model = build_model(config)
-    mean, std = model_mean_std(model)
-    run_dir = project / task / name
-    save_config(config, run_dir / "config.yaml")
-    save_checkpoint(run_dir / "best.pt", model=model.state_dict(), config=config.to_dict(), epoch=0, best_f1=0.0,
-                    class_names=list(get_task(task).class_names), mean=list(mean), std=list(std))
-    return run_dir
+    return untrained_run(project, task, [*TINY, f"data_dir={data_dir}", *extra], name, seed)
 
 
 @pytest.fixture(scope="module")
