@@ -1,6 +1,7 @@
 """Checkpoints: one dict of state dicts and plain data, written atomically, loadable with weights_only=True."""
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import torch
@@ -52,6 +53,6 @@ def load_model(run_or_checkpoint: Path, which: str = "best"):
         path = path / f"{which}.pt"
     state = load_checkpoint(path)
     config = checkpoint_config(state)
-    model = build_model(config.__class__(**{**config.__dict__, "pretrained": "none"}))
+    model = build_model(dataclasses.replace(config, pretrained="none"))  # the weights come from the checkpoint
     model.load_state_dict(state["model"])
     return model.eval(), config, state

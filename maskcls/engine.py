@@ -4,6 +4,7 @@ its config, and the loop never branches on distribution: Engine methods hide it 
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import random
@@ -297,7 +298,8 @@ def fit(config: Config, resume: Path | None = None) -> Path:
     engine = Engine.from_config(config)
     seed_everything(config.seed)
     state = load_checkpoint(Path(resume) / "last.pt") if resume else None
-    model = build_model(config if state is None else _without_download(config))
+    # on resume the weights come from last.pt: never fetch or map pretrained ones again
+    model = build_model(config if state is None else dataclasses.replace(config, pretrained="none"))
     mean, std = model_mean_std(model)
     data = build_datasets(config, mean, std)
     model = engine.setup_model(model)
@@ -361,13 +363,6 @@ def fit(config: Config, resume: Path | None = None) -> Path:
 
 def _unwrap(model: nn.Module) -> nn.Module:
     return getattr(model, "module", model)
-
-
-def _without_download(config: Config) -> Config:
-    """On resume the weights come from last.pt: never fetch or map pretrained ones again."""
-    import dataclasses
-
-    return dataclasses.replace(config, pretrained="none")
 
 
 def _epoch_line(config: Config, row: dict) -> str:

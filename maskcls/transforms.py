@@ -4,7 +4,6 @@ from __future__ import annotations
 from typing import Callable, Sequence
 
 import albumentations as A
-import numpy as np
 from albumentations.pytorch import ToTensorV2
 
 # name -> factory; task YAMLs list names (augment: [hflip, rotate, ...]) so configs stay plain data
@@ -31,6 +30,3 @@ def build_transforms(augment: Sequence[str], img_size: int, mean, std, train: bo
     steps += [A.Normalize(mean=mean, std=std), ToTensorV2()]
     return A.Compose(steps)
 
-
-def apply(transform: A.Compose, image) -> "torch.Tensor":  # noqa: F821
-    return transform(image=np.asarray(image))["image"]

@@ -10,42 +10,18 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from typer.testing import CliRunner
 
-from maskcls.cli import app
 from maskcls.export import PARITY_ATOL, ExportError, OnnxRunner, check_batch, export_run
 from maskcls.data.crop import Face
 from maskcls.detect import DetectSettings, Specialist, classify, load_specialists
 from maskcls.engine import Engine
 from maskcls.submit import inference_model, load_run
 from maskcls.tasks import SPECIALISTS
-from test_detect import make_run, portrait, side_by_side
+from test_detect import make_run, one_thread, portrait, quiet, run, side_by_side  # noqa: F401 (autouse fixtures)
 
 onnx = pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
 pytest.importorskip("onnxscript")
-
-runner = CliRunner()
-
-
-def run(*args):
-    return runner.invoke(app, [str(a) for a in args])
-
-
-@pytest.fixture(autouse=True)
-def quiet(monkeypatch):
-    monkeypatch.setenv("MASKCLS_NO_PROGRESS", "1")
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One torch thread: the tiny models gain nothing from two, and on the shared 2-core machine two threads
-    wait on each other whenever another job holds a core (several times slower)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 @pytest.fixture(scope="module")
 def real_images(tmp_path_factory):
