@@ -30,7 +30,7 @@ class Config:
     crop: str = "none"  # none | center | mtcnn (cached face crops, computed on the fly when missing)
     crop_margin: float = 0.25  # box grows by this fraction of its size on every side
     crop_fallback: float = 0.6  # centre crop of this fraction of the image when no face is found
-    crop_cache: str = ""  # "" -> <data_dir parent>/.maskcls_cache/<data_dir name>
+    crop_cache: str = ""  # "" -> <data_dir parent>/.maskcls_cache/<data_dir name> (~/.cache/maskcls/... if read-only)
     # model
     backbone: str = "tf_efficientnet_lite0"  # any timm model name
     pretrained: str = "none"  # none | timm | efficientnet-lite0/1/2 | path to a state dict

@@ -25,7 +25,7 @@ import pandas as pd
 from PIL import Image, ImageDraw, ImageFont
 from torch import nn
 
-from .data.crop import CropSettings, Face, create_detector, crop_box, detect_faces
+from .data.crop import DEFAULT_THRESHOLDS, LOOSE, CropSettings, Face, create_detector, crop_box, detect_faces
 from .data.dataset import ImageDataset
 from .data.images import open_rgb
 from .data.labels import class_name, encode
@@ -49,10 +49,10 @@ MAX_OVERLAP = 0.5  # a later pass's face covering more than this fraction of a k
 @dataclass(frozen=True)
 class DetectSettings:
     min_prob: float = 0.9  # MTCNN's O-net probability a face needs to get a row, in every pass
-    # MTCNN's P-, R- and O-net thresholds per pass: the training crops' two passes. The first misses about a
+    # MTCNN's P-, R- and O-net thresholds per pass: the training crops' first two. The first misses about a
     # third of masked faces (masks hide the nose and mouth), the looser second finds most of them, plus
     # eyes and whole-head boxes, which are dropped as repeats of a face the first pass found (MAX_OVERLAP).
-    passes: tuple[tuple[float, float, float], ...] = CropSettings().passes
+    passes: tuple[tuple[float, float, float], ...] = (DEFAULT_THRESHOLDS, LOOSE)
     min_face_size: int = 20  # pixels: the smallest face MTCNN's image pyramid looks for
     tta: bool = False
     runtime: str = "torch"  # torch | onnx (the runs' exported <which>.onnx)

@@ -14,7 +14,7 @@ from maskcls.cli import app
 from maskcls.config import Config
 from maskcls.data import DataError
 from maskcls.data import crop as crop_module
-from maskcls.data.crop import (CropSettings, build_image_loader, center_box, detect_faces, expand_box,
+from maskcls.data.crop import (LOOSE, CropSettings, DetectPass, build_image_loader, center_box, detect_faces, expand_box,
                                pick_faces, read_manifest, run_crop)
 from maskcls.data.sample import make_sample_dataset
 
@@ -99,12 +99,47 @@ def test_detect_faces_orders_by_prob_then_area_and_applies_min_prob():
 
 
 def test_pick_faces_drops_small_faces_and_tries_the_next_pass():
-    settings = CropSettings(min_face_fraction=0.2)
+    settings = CropSettings(min_face_fraction=0.2, passes=(DetectPass(LOOSE), DetectPass(LOOSE)))
     small = FixedDetector(box=(10, 10, 15, 15))  # 5 px wide: under 0.2 x the 80 px side
     found = pick_faces([square_image()], settings, [small, BrightSquareDetector()])
     face, number = found[0]
     assert number == 2 and face.box == (30, 20, 60, 60)
     assert pick_faces([square_image(square=(0, 0, 0, 0))], settings, [BrightSquareDetector()]) == [(None, 0)]
+
+
+@pytest.mark.parametrize("view", ["mirror", "equalize", "equalize_mirror", "half", "up"])
+def test_a_pass_on_another_view_maps_the_face_back_to_the_image(view):
+    """The square sits off-centre, so a mirror left unmapped or a half-size box left unscaled would show."""
+    settings = CropSettings(passes=(DetectPass(LOOSE, view),), min_face_fraction=0.2, pad=0.0)
+    face, number = pick_faces([square_image(size=(80, 100), square=(10, 20, 50, 60))], settings,
+                              [BrightSquareDetector()])[0]
+    assert number == 1
+    assert face.box == pytest.approx((10, 20, 50, 60), abs=2.0)
+
+
+def test_pick_faces_drops_boxes_larger_than_a_face():
+    settings = CropSettings(min_face_fraction=0.2, max_face_fraction=0.5, pad=0.0)
+    huge = FixedDetector(box=(0, 0, 80, 90))  # the whole image: a background or whole-head box
+    assert pick_faces([square_image()], settings, [huge]) == [(None, 0)]
+    assert pick_faces([square_image()], settings, [huge, BrightSquareDetector()])[0][1] == 2
+
+
+def test_the_cache_moves_to_the_user_cache_when_the_dataset_parent_is_read_only(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    shared = tmp_path / "shared"
+    (shared / "faces").mkdir(parents=True)
+    assert crop_module.default_cache_dir(shared / "faces") == shared / ".maskcls_cache" / "faces"
+    shared.chmod(0o555)
+    try:
+        cache = crop_module.default_cache_dir(shared / "faces")
+    finally:
+        shared.chmod(0o755)
+    assert cache.parent == tmp_path / "xdg" / "maskcls" and cache.name.startswith("faces-")
+
+
+def test_an_unknown_view_is_refused():
+    with pytest.raises(ValueError, match="mirror"):
+        DetectPass(LOOSE, "upside_down")
 
 
 # ----------------------------------------------------------------------------------------------- run_crop
