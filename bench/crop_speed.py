@@ -2,7 +2,7 @@
 
     python bench/crop_speed.py [--data ../shared/data/faces] [--images 224] [--batch 32]
 
-Detection is timed on the first ``--images`` train images (both passes of the default settings,
+Detection is timed on the first ``--images`` train images (all passes of the default settings,
 and the first pass alone). The cached re-run is timed on the whole dataset when ``maskcls crop``
 has filled its cache; otherwise a copy of the first 20 train people is cropped twice in a temporary
 folder. Skips cleanly when the dataset is absent.
