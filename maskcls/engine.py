@@ -298,6 +298,11 @@ def fit(config: Config, resume: Path | None = None) -> Path:
     engine = Engine.from_config(config)
     seed_everything(config.seed)
     state = load_checkpoint(Path(resume) / "last.pt") if resume else None
+    if state is not None and state["epoch"] + 1 >= config.epochs:  # finished: nothing to load or preload
+        if engine.is_main:
+            print(f"{resume}: all {config.epochs} epochs are done; nothing to resume", flush=True)
+        engine.close()
+        return Path(resume)
     # on resume the weights come from last.pt: never fetch or map pretrained ones again
     model = build_model(config if state is None else dataclasses.replace(config, pretrained="none"))
     mean, std = model_mean_std(model)

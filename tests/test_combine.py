@@ -11,7 +11,7 @@ import yaml
 from typer.testing import CliRunner
 
 from maskcls.cli import app
-from maskcls.combine import (Bias, Predictions, combine, fast_macro_f1, load_bias, resolve_bias, save_bias,
+from maskcls.combine import (Bias, Predictions, combine, fast_macro_f1, load_bias, person_of, resolve_bias, save_bias,
                              tune_bias)
 from maskcls.data import DataError, decode, read_eval_images
 from maskcls.metrics import macro_f1
@@ -203,6 +203,23 @@ def test_bias_tuning_raises_macro_f1_when_the_rare_class_is_under_predicted():
     assert bias.values["age"][2] - bias.values["age"][1] > np.log(0.55 / 0.40)  # old now beats 30-old for the old
     assert (bias.values["mask"] == 0).all() and (bias.values["gender"] == 0).all()  # already perfect: untouched
 
+
+
+def test_bias_tuning_with_groups_refuses_a_gain_that_one_person_carries():
+    """One person's 7 old images would gain from an "old" offset that wrongs 3 middle-aged people."""
+    people = ["a"] * 7 + [f"b{i}" for i in range(3)] + [f"c{i:02d}" for i in range(20)]
+    age = np.array([2] * 7 + [1] * 3 + [0] * 20)
+    age_probs = np.array([[0.05, 0.55, 0.40]] * 7 + [[0.05, 0.52, 0.43]] * 3 + [[0.8, 0.1, 0.1]] * 20)
+    zeros = np.zeros(len(age), dtype=int)
+    labels = age  # mask 0, gender 0
+    keys = np.array([f"train/images/{person}/mask{i % 5 + 1}.jpg" for i, person in enumerate(people)])
+    predictions = {"mask": Predictions(None, "mask", "path", keys, one_hot(zeros, 3), labels),
+                   "gender": Predictions(None, "gender", "path", keys, one_hot(zeros, 2), labels),
+                   "age": Predictions(None, "age", "path", keys, age_probs, labels)}
+    plain, before, after = tune_bias(predictions, labels)
+    assert after > before and plain.values["age"][2] > plain.values["age"][1]  # the offset helps overall ...
+    guarded, before, after = tune_bias(predictions, labels, groups=[person_of(k) for k in keys])
+    assert after == before and not guarded.values["age"].any()  # ... but not the half without person "a"
 
 def test_tune_stores_the_bias_beside_the_runs_and_submit_style_combine_applies_it(tmp_path):
     predictions, labels = rare_old_band(120)

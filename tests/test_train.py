@@ -95,6 +95,12 @@ def test_resume_after_interruption_matches_an_uninterrupted_run(tiny_data, tmp_p
         assert torch.allclose(value.float(), cut["model"][key].float(), atol=1e-6), key
     assert list(pd.read_csv(run_dir / "results.csv")["epoch"]) == [0, 1, 2]
 
+    # resuming the finished run again does nothing: no dataset is built, the files stay as they are
+    before = (run_dir / "last.pt").read_bytes()
+    monkeypatch.setattr(engine_module, "build_datasets", lambda *a, **k: pytest.fail("finished run preloaded data"))
+    assert fit(config, resume=run_dir) == run_dir
+    assert (run_dir / "last.pt").read_bytes() == before
+    assert len(pd.read_csv(run_dir / "results.csv")) == 3
 
 def test_focal_loss_by_hand():
     logits = torch.tensor([[2.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
