@@ -55,6 +55,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=Path("runs/detect_group"))
     parser.add_argument("--tta", action="store_true")
+    parser.add_argument("--min-prob", type=float, default=0.9, help="maskcls detect --min-prob")
     args = parser.parse_args()
     labels_path = args.data / "eval" / "labels.csv"
     if not labels_path.is_file():
@@ -68,7 +69,7 @@ def main() -> None:
     faces_csv = args.out / "faces.csv"
     command = [sys.executable, "-m", "maskcls", "detect", str(photo), "--mask", str(args.mask), "--age", str(args.age),
                "--gender", str(args.gender), "--out", str(faces_csv), "--annotate", str(args.out / "annotated"),
-               *(["--tta"] if args.tta else [])]
+               "--min-prob", str(args.min_prob), *(["--tta"] if args.tta else [])]
     done = subprocess.run(command, capture_output=True, text=True)
     if done.returncode != 0:
         sys.exit(f"`{' '.join(command)}` failed:\n{done.stderr[-3000:]}")
