@@ -188,6 +188,23 @@ class EngineName(str, Enum):
     onnx = "onnx"
 
 
+# options shared by the commands that load trained runs (submit, detect, export onnx)
+MaskRuns = Annotated[Optional[List[Path]], typer.Option(help="Mask run; repeatable (default: newest in <project>/mask).")]
+AgeRuns = Annotated[Optional[List[Path]], typer.Option(help="Age run; repeatable (default: newest in <project>/age).")]
+GenderRuns = Annotated[Optional[List[Path]], typer.Option(help="Gender run; repeatable (default: newest in <project>/gender).")]
+JointRuns = Annotated[Optional[List[Path]], typer.Option(help="Instead of the specialists: a joint 18-class run; repeatable.")]
+ProjectDir = Annotated[Path, typer.Option(help="Folder holding <task>/<run>/ for the default runs.")]
+WhichCheckpoint = Annotated[Checkpoint, typer.Option(help="Checkpoint in each run folder.")]
+DeviceName = Annotated[str, typer.Option(help="auto | cpu | cuda | mps.")]
+
+
+def _specialist_runs(mask, age, gender, project: Path, which: str) -> dict[str, list[Path]]:
+    from .submit import newest_run
+
+    chosen = {"mask": mask, "age": age, "gender": gender}
+    return {task: list(given or [newest_run(project, task, which)]) for task, given in chosen.items()}
+
+
 def _input_errors():
     from .checkpoint import CheckpointError
     from .config import ConfigError
@@ -207,8 +224,8 @@ def predict(
     tta: Annotated[bool, typer.Option(help="Average the original, flipped and config `tta` views.")] = False,
     vote: Annotated[VoteName, typer.Option(help="soft: mean probability; hard: majority of argmaxes.")] = VoteName.soft,
     out: Annotated[Optional[Path], typer.Option(help="CSV (default: <first run>/pred_<split>[_tta][_<vote>N].csv).")] = None,
-    which: Annotated[Checkpoint, typer.Option(help="Checkpoint in each run folder.")] = Checkpoint.best,
-    device: Annotated[str, typer.Option(help="auto | cpu | cuda | mps.")] = "auto",
+    which: WhichCheckpoint = Checkpoint.best,
+    device: DeviceName = "auto",
     engine: Annotated[EngineName, typer.Option(help="torch, or onnx: each run's <which>.onnx on onnxruntime "
                                                     "(maskcls export onnx).")] = EngineName.torch,
 ):
@@ -248,27 +265,29 @@ def combine(
 
 @app.command()
 def submit(
-    mask: Annotated[Optional[List[Path]], typer.Option(help="Mask run (repeat to average; default: newest in <project>/mask).")] = None,
-    age: Annotated[Optional[List[Path]], typer.Option(help="Age run (repeat to average; default: newest).")] = None,
-    gender: Annotated[Optional[List[Path]], typer.Option(help="Gender run (repeat to average; default: newest).")] = None,
-    joint: Annotated[Optional[List[Path]], typer.Option(help="Instead of the specialists: a joint 18-class run (repeat to average).")] = None,
+    mask: MaskRuns = None,
+    age: AgeRuns = None,
+    gender: GenderRuns = None,
+    joint: JointRuns = None,
     data_dir: Annotated[Optional[Path], typer.Option(help="Folder with eval/ (default: the runs' data_dir).")] = None,
     tta: Annotated[bool, typer.Option(help="Average the original, flipped and config `tta` views.")] = False,
     out: Annotated[Path, typer.Option(help="Submission CSV to write.")] = Path("submission.csv"),
     bias: Annotated[Optional[str], typer.Option(help="Bias YAML, or none (default: <project>/bias.yaml if tuned on these runs).")] = None,
-    project: Annotated[Path, typer.Option(help="Folder holding <task>/<run>/ for the default runs.")] = Path("runs"),
-    which: Annotated[Checkpoint, typer.Option(help="Checkpoint in each run folder.")] = Checkpoint.best,
-    device: Annotated[str, typer.Option(help="auto | cpu | cuda | mps.")] = "auto",
+    project: ProjectDir = Path("runs"),
+    which: WhichCheckpoint = Checkpoint.best,
+    device: DeviceName = "auto",
 ):
-    """Predict eval with the best checkpoint of each task and combine them into the 18-class submission CSV."""
-    from .submit import make_joint_submission, make_submission, newest_run
+    """Predict eval with the best checkpoint of each task and combine them into the 18-class submission CSV.
+
+    Several runs of one task are averaged (soft vote).
+    """
+    from .submit import make_joint_submission, make_submission
 
     try:
         if joint:
             typer.echo("\n".join(make_joint_submission(joint, out, data_dir, tta, which.value, device)))
             return
-        chosen = {"mask": mask, "age": age, "gender": gender}
-        runs = {task: list(given or [newest_run(project, task, which.value)]) for task, given in chosen.items()}
+        runs = _specialist_runs(mask, age, gender, project, which.value)
         lines = make_submission(runs, out, data_dir, tta, bias, which.value, device)
     except _input_errors() as err:
         fail(str(err))
@@ -308,19 +327,12 @@ def compare(
 
 # --- detect, export ---------------------------------------------------------------------------------
 
-def _specialist_runs(mask, age, gender, project: Path, which: str) -> dict[str, list[Path]]:
-    from .submit import newest_run
-
-    chosen = {"mask": mask, "age": age, "gender": gender}
-    return {task: list(given or [newest_run(project, task, which)]) for task, given in chosen.items()}
-
-
 @app.command()
 def detect(
     photos: Annotated[List[Path], typer.Argument(help="Photos, or folders searched for image files.")],
-    mask: Annotated[Optional[List[Path]], typer.Option(help="Mask run (repeat to average; default: newest in <project>/mask).")] = None,
-    age: Annotated[Optional[List[Path]], typer.Option(help="Age run (repeat to average; default: newest).")] = None,
-    gender: Annotated[Optional[List[Path]], typer.Option(help="Gender run (repeat to average; default: newest).")] = None,
+    mask: MaskRuns = None,
+    age: AgeRuns = None,
+    gender: GenderRuns = None,
     out: Annotated[Path, typer.Option(help="One row per face: CSV (JSON note beside it), or one JSON file if *.json.")] = Path("detections.csv"),
     annotate: Annotated[Optional[Path], typer.Option(help="Folder to write each photo into with its boxes and labels drawn.")] = None,
     min_prob: Annotated[float, typer.Option(help="MTCNN probability a face needs for a row (lower finds more masked "
@@ -330,13 +342,13 @@ def detect(
                                                    "first misses (boxes repeating a found face are dropped).")] = True,
     tta: Annotated[bool, typer.Option(help="Average the original, flipped and config `tta` views of each face.")] = False,
     engine: Annotated[EngineName, typer.Option(help="torch, or onnx: each run's <which>.onnx (maskcls export onnx).")] = EngineName.torch,
-    project: Annotated[Path, typer.Option(help="Folder holding <task>/<run>/ for the default runs.")] = Path("runs"),
-    which: Annotated[Checkpoint, typer.Option(help="Checkpoint in each run folder.")] = Checkpoint.best,
-    device: Annotated[str, typer.Option(help="auto | cpu | cuda | mps.")] = "auto",
+    project: ProjectDir = Path("runs"),
+    which: WhichCheckpoint = Checkpoint.best,
+    device: DeviceName = "auto",
 ):
     """Find every face in each photo (MTCNN), classify mask, gender and age band; one row per face.
 
-    Each face is cut out as the training crops were (the box grown by the run's crop_margin), even for runs
+    Several runs of one task are averaged (soft vote). Each face is cut out as the training crops were (the box grown by the run's crop_margin), even for runs
     trained with crop: none or center: a whole group photo is never fed to a classifier.
     """
     from .detect import DetectSettings, run_detect
@@ -361,13 +373,13 @@ def detect(
 
 @export_app.command("onnx")
 def export_onnx(
-    mask: Annotated[Optional[List[Path]], typer.Option(help="Mask run (repeatable; default: newest in <project>/mask).")] = None,
-    age: Annotated[Optional[List[Path]], typer.Option(help="Age run (repeatable; default: newest).")] = None,
-    gender: Annotated[Optional[List[Path]], typer.Option(help="Gender run (repeatable; default: newest).")] = None,
-    joint: Annotated[Optional[List[Path]], typer.Option(help="Instead of the specialists: joint 18-class run(s).")] = None,
+    mask: MaskRuns = None,
+    age: AgeRuns = None,
+    gender: GenderRuns = None,
+    joint: JointRuns = None,
     check_images: Annotated[Optional[Path], typer.Option(help="Real images for the parity check (default: each run's <data_dir>/eval/images).")] = None,
-    project: Annotated[Path, typer.Option(help="Folder holding <task>/<run>/ for the default runs.")] = Path("runs"),
-    which: Annotated[Checkpoint, typer.Option(help="Checkpoint in each run folder.")] = Checkpoint.best,
+    project: ProjectDir = Path("runs"),
+    which: WhichCheckpoint = Checkpoint.best,
 ):
     """Write <run>/<which>.onnx per run (logits, dynamic batch), checked against PyTorch with onnxruntime."""
     from .export import PARITY_ATOL, export_runs

@@ -235,9 +235,7 @@ def tune_bias(predictions: dict[str, Predictions], labels: np.ndarray, grid: Seq
 def _halves(groups: Sequence[str]) -> list[np.ndarray]:
     """Row indices of two halves of the groups, dealt in turn in sorted order (deterministic)."""
     groups = np.asarray([str(g) for g in groups])
-    names = sorted(set(groups))
-    first = {name for name in names[::2]}
-    in_first = np.array([g in first for g in groups])
+    in_first = np.isin(groups, np.unique(groups)[::2])  # np.unique sorts
     return [np.flatnonzero(in_first), np.flatnonzero(~in_first)]
 
 

@@ -317,6 +317,7 @@ class ImageLoader:
             raise ValueError(f"crop={mode!r}: expected one of none, center, mtcnn")
         self.mode, self.settings, self.data_dir = mode, settings, str(data_dir)
         self.cache_dir = str(resolve_cache_dir(data_dir, cache_dir)) if mode == "mtcnn" else ""
+        self.settings_hash = settings.digest()  # once: every image's cache entry is checked against it
         self._entries: dict | None = None
         self._detectors: list | None = None
 
@@ -343,10 +344,10 @@ class ImageLoader:
             self._entries = read_manifest(Path(self.cache_dir))
         key = _key(path, self.data_dir)
         entry = self._entries.get(key) if key else None
-        if entry is None or entry["settings_hash"] != self.settings.digest():
+        if entry is None or entry["settings_hash"] != self.settings_hash:  # no need to hash the source
             return None
         try:
-            if not _valid(entry, file_hash(path), entry["settings_hash"], Path(self.cache_dir)):
+            if not _valid(entry, file_hash(path), self.settings_hash, Path(self.cache_dir)):
                 return None
             return open_rgb(Path(self.cache_dir) / entry["crop"])
         except (OSError, DataError):  # source missing or crop unreadable: crop from the source, which names the file
