@@ -11,6 +11,7 @@ table is what a user running those commands gets. Skips cleanly when the dataset
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import subprocess
@@ -20,6 +21,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from maskcls.config import CONFIG_DIR
 from maskcls.evaluate import read_answers, score
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "faces"
@@ -43,6 +45,11 @@ def maskcls(*args: str) -> tuple[str, float]:
         sys.exit(f"`maskcls {' '.join(args)}` failed:\n{done.stdout[-2000:]}\n{done.stderr[-3000:]}")
     print(f"  {seconds:7.1f} s  maskcls {' '.join(args)}", flush=True)
     return done.stdout, seconds
+
+
+def recipe_hash(task: str) -> str:
+    """Six hex digits of ``configs/<task>.yaml``: an edited recipe trains a new run, never reuses the old one."""
+    return hashlib.sha1((CONFIG_DIR / f"{task}.yaml").read_bytes()).hexdigest()[:6]
 
 
 def main() -> None:
@@ -77,7 +84,7 @@ def main() -> None:
     def train(task: str) -> None:
         """Train (or finish an interrupted run of) ``task``; a finished run is reused with its recorded time."""
         size, epochs = budget["img_size"][task], budget["epochs"][task]
-        name = f"{task}-{size}px-e{epochs}-s{args.seed}"  # a new budget: a new run
+        name = f"{task}-{size}px-e{epochs}-s{args.seed}-{recipe_hash(task)}"  # a new budget or recipe: a new run
         runs[task] = run = project / task / name
         done = run / "results.csv"
         if done.is_file() and len(pd.read_csv(done)) == epochs:

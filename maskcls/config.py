@@ -27,6 +27,7 @@ class Config:
     data_dir: str = "data"  # holds train/ and eval/
     label_fixes: str = "none"  # none | competition | path to a fixes YAML
     age_bounds: tuple[int, int] = (30, 60)  # lower edges of the "30-old" and "old" bands
+    age_sigma: float = 0.0  # > 0: soft age-band targets from the real age blurred by this many years (age, joint)
     crop: str = "none"  # none | center | mtcnn (cached face crops, computed on the fly when missing)
     crop_margin: float = 0.25  # box grows by this fraction of its size on every side
     crop_fallback: float = 0.6  # centre crop of this fraction of the image when no face is found
@@ -189,6 +190,10 @@ def validate(config: Config) -> None:
             raise ConfigError(f"{key}={value!r}: expected one of {', '.join(choices)}")
     if config.val == "fold" and not 0 <= config.fold < config.folds:
         raise ConfigError(f"fold={config.fold}: expected 0..{config.folds - 1} with folds={config.folds}")
+    if config.age_sigma < 0:
+        raise ConfigError(f"age_sigma={config.age_sigma}: must be 0 (hard bands) or more")
+    if config.age_sigma > 0 and config.task not in ("age", "joint"):
+        raise ConfigError(f"age_sigma={config.age_sigma}: task {config.task} has no age band to soften")
     if not config.age_bounds[0] < config.age_bounds[1]:
         raise ConfigError(f"age_bounds={config.age_bounds}: the lower edges must increase")
     for key in ("epochs", "batch_size", "img_size"):

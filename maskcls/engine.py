@@ -282,7 +282,10 @@ def build_datasets(config: Config, mean, std) -> TrainData:
 
     def dataset(table, train):
         transform = build_transforms(config.augment, config.img_size, mean, std, train=train)
-        return ImageDataset(table["path"].tolist(), table[task.label_column].tolist(), transform, image_loader,
+        # soft targets train only: validation scores the hard bands the eval set is labelled with
+        soft = train and config.age_sigma > 0
+        labels = task.soft_targets(table, config.age_bounds, config.age_sigma) if soft else table[task.label_column]
+        return ImageDataset(table["path"].tolist(), labels, transform, image_loader,
                             preload_size=config.img_size if config.preload else None)
 
     val = dataset(val_images, False) if val_images is not None and not val_images.empty else None

@@ -9,8 +9,14 @@ from torch import nn
 from .config import Config
 
 
+def as_probabilities(target: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """``(n, classes)`` float targets: class indices one-hot, probability rows as they are."""
+    return target.float() if target.is_floating_point() else F.one_hot(target, num_classes).float()
+
+
 class FocalLoss(nn.Module):
-    """Focal loss (Lin et al. 2017): mean of ``-w_y (1 - p_y)^gamma log p_y``; gamma 0 is cross-entropy."""
+    """Focal loss (Lin et al. 2017): mean of ``-w_y (1 - p_y)^gamma log p_y``; gamma 0 is cross-entropy.
+    With probability targets ``q``: ``-sum_k q_k w_k (1 - p_k)^gamma log p_k``, weighted by ``sum_k q_k w_k``."""
 
     def __init__(self, gamma: float = 2.0, weight: torch.Tensor | None = None):
         super().__init__()
@@ -20,12 +26,12 @@ class FocalLoss(nn.Module):
         self.register_buffer("weight", weight)
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        log_p = F.log_softmax(logits.float(), dim=1).gather(1, target[:, None]).squeeze(1)
-        loss = -((1 - log_p.exp()) ** self.gamma) * log_p
+        q = as_probabilities(target, logits.shape[1])
+        log_p = F.log_softmax(logits.float(), dim=1)
+        per_class = -q * (1 - log_p.exp()) ** self.gamma * log_p
         if self.weight is not None:
-            w = self.weight[target]
-            return (w * loss).sum() / w.sum()
-        return loss.mean()
+            return (per_class * self.weight).sum() / (q * self.weight).sum()
+        return per_class.sum(1).mean()
 
 
 class SoftF1Loss(nn.Module):
@@ -39,7 +45,7 @@ class SoftF1Loss(nn.Module):
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         probs = F.softmax(logits.float(), dim=1)
-        onehot = F.one_hot(target, self.num_classes).float()
+        onehot = as_probabilities(target, self.num_classes)
         tp = (probs * onehot).sum(0)
         fp = (probs * (1 - onehot)).sum(0)
         fn = ((1 - probs) * onehot).sum(0)

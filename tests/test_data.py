@@ -15,7 +15,7 @@ from maskcls.data import (COMPETITION_FIXES, NUM_CLASSES, DataError, age_band, a
                           read_eval_images, read_train_images, scan_eval, scan_train, split_images)
 from maskcls.data.fixes import resolve_fixes_path
 from maskcls.data.images import open_rgb
-from maskcls.data.labels import IMAGE_STEMS
+from maskcls.data.labels import IMAGE_STEMS, soft_age_bands
 from maskcls.data.layout import parse_folder
 from maskcls.data.summary import class_counts, format_summary, people_counts
 from maskcls.tasks import TASKS, get_task
@@ -143,6 +143,34 @@ def test_labelled_recomputes_band_and_label_from_age_bounds():
     default, moved = labelled(images), labelled(images, (30, 59))
     assert default["age_band"].tolist() == [1, 1] and default["label"].tolist() == [4, 16]
     assert moved["age_band"].tolist() == [2, 2] and moved["label"].tolist() == [5, 17]
+
+
+def test_soft_age_bands_split_each_age_by_its_distance_to_the_edges():
+    soft = soft_age_bands([18, 29, 30, 45, 58, 59, 75], (30, 59), sigma=2.0)
+    np.testing.assert_allclose(soft.sum(1), 1.0, rtol=1e-6)
+    np.testing.assert_array_equal(soft.argmax(1), age_band(np.array([18, 29, 30, 45, 58, 59, 75]), (30, 59)))
+    # the edge lies at 29.5: 29 and 30 are mirror images, 59 is "old" under (30, 59)
+    assert soft[1, 0] == pytest.approx(soft[2, 1]) and 0.55 < soft[1, 0] < 0.65
+    assert soft[0, 0] > 0.999 and soft[3, 1] > 0.999 and soft[6, 2] > 0.999
+    assert soft[5, 2] > 0.5 > soft[4, 2] > 0.3
+    # a tiny sigma is the hard band
+    np.testing.assert_allclose(soft_age_bands([29, 30, 60], (30, 60), 1e-3), np.eye(3)[[0, 1, 2]], atol=1e-6)
+    with pytest.raises(ValueError, match="sigma"):
+        soft_age_bands([30], (30, 60), 0.0)
+
+
+def test_soft_targets_keep_mask_and_gender_exact_in_the_joint_classes():
+    images = labelled(pd.DataFrame({"person": ["a", "b"], "age": [29, 70], "gender": [1, 0], "mask": [2, 0]}))
+    joint = get_task("joint").soft_targets(images, (30, 60), 3.0)
+    assert joint.shape == (2, 18)
+    np.testing.assert_allclose(joint.sum(1), 1.0, rtol=1e-6)
+    # not_wear/female (15..17) for a, wear/male (0..2) for b: all mass there, split over the age bands
+    assert joint[0, 15:18].sum() == pytest.approx(1.0) and joint[0, 15] > joint[0, 16] > 0.3
+    assert joint[1, 2] > 0.999
+    age = get_task("age").soft_targets(images, (30, 60), 3.0)
+    np.testing.assert_allclose(age, np.stack([joint[0, 15:18], joint[1, 0:3]]))
+    with pytest.raises(ValueError, match="no age band"):
+        get_task("gender").soft_targets(images, (30, 60), 3.0)
 
 
 def test_task_table():

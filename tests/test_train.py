@@ -114,6 +114,47 @@ def test_focal_loss_by_hand():
     assert weighted == pytest.approx((-(1 - p0) ** 2 * math.log(p0) - 3 * (1 - p1) ** 2 * math.log(p1)) / 4, rel=1e-5)
 
 
+def test_losses_take_probability_targets():
+    logits = torch.tensor([[2.0, 0.0, -1.0], [0.0, 1.0, 0.5]])
+    hard = torch.tensor([0, 2])
+    onehot = F.one_hot(hard, 3).float()
+    weight = torch.tensor([1.0, 2.0, 3.0])
+    for loss in (FocalLoss(2.0), FocalLoss(2.0, weight), SoftF1Loss(3)):
+        assert loss(logits, onehot).item() == pytest.approx(loss(logits, hard).item(), rel=1e-6)
+    # a 60/40 target is 0.6 of the loss towards class 0 and 0.4 towards class 1 (gamma 0: cross-entropy)
+    q = torch.tensor([[0.6, 0.4, 0.0]])
+    log_p = F.log_softmax(logits[:1], 1)[0]
+    assert FocalLoss(0.0)(logits[:1], q).item() == pytest.approx(-(0.6 * log_p[0] + 0.4 * log_p[1]).item(), rel=1e-6)
+    assert FocalLoss(2.0)(logits[:1], q).item() != pytest.approx(FocalLoss(2.0)(logits[:1], hard[:1]).item())
+
+
+def test_age_trains_on_soft_bands_and_only_tasks_with_an_age_band_take_them(tiny_data, tmp_path, monkeypatch):
+    seen, real = [], engine_module.build_loss
+    monkeypatch.setattr(engine_module, "build_loss", lambda *a, **k: _Spy(real(*a, **k), seen))
+    run_dir = fit(tiny_config("age", tiny_data, tmp_path, "age_sigma=3", "preload=false"))
+    train_targets, val_targets = seen[0], seen[-1]
+    assert train_targets.is_floating_point() and train_targets.shape[1] == 3
+    assert torch.allclose(train_targets.sum(1), torch.ones(len(train_targets)))
+    assert not val_targets.is_floating_point()  # validation scores the hard bands
+    assert 0.0 <= pd.read_csv(run_dir / "results.csv")["val_f1"].iloc[0] <= 1.0
+    with pytest.raises(ValueError, match="no age band"):
+        load_config("gender", ["age_sigma=3"])
+    with pytest.raises(ValueError, match="age_sigma"):
+        load_config("age", ["age_sigma=-1"])
+
+
+class _Spy(torch.nn.Module):
+    """A loss that records the targets it is given."""
+
+    def __init__(self, loss, seen):
+        super().__init__()
+        self.loss, self.seen = loss, seen
+
+    def forward(self, logits, target):
+        self.seen.append(target.clone())
+        return self.loss(logits, target)
+
+
 def test_soft_f1_loss_by_hand():
     # probabilities (softmax of log-probs): sample 0 -> [0.8, 0.2] true 0; sample 1 -> [0.4, 0.6] true 1
     logits = torch.log(torch.tensor([[0.8, 0.2], [0.4, 0.6]]))

@@ -17,10 +17,11 @@ class ImageDataset(Dataset):
     """With ``preload_size``, every image is decoded, cropped and resized once, up front, into memory
     (uint8, about 50 KB an image at 128 px): the training loop then never waits on JPEG decoding."""
 
-    def __init__(self, paths: Sequence[str], targets: Sequence[int] | None, transform,
+    def __init__(self, paths: Sequence[str], targets: Sequence[int] | np.ndarray | None, transform,
                  image_loader: Callable = open_rgb, preload_size: int | None = None):
+        """``targets``: a class index per image, or an ``(n, classes)`` array of class probabilities."""
         self.paths = list(paths)
-        self.targets = None if targets is None else np.asarray(targets, dtype=np.int64)
+        self.targets = None if targets is None else _as_targets(targets)
         self.transform = transform
         self.image_loader = image_loader
         self.images = preload_images(self.paths, image_loader, preload_size) if preload_size else None
@@ -31,8 +32,13 @@ class ImageDataset(Dataset):
     def __getitem__(self, index: int):
         image = self.images[index] if self.images is not None else np.asarray(self.image_loader(self.paths[index]))
         tensor = self.transform(image=image)["image"]
-        target = -1 if self.targets is None else int(self.targets[index])
-        return tensor, torch.tensor(target)
+        target = -1 if self.targets is None else self.targets[index]
+        return tensor, torch.as_tensor(target)
+
+
+def _as_targets(targets) -> np.ndarray:
+    targets = np.asarray(targets)
+    return targets.astype(np.float32) if targets.ndim == 2 else targets.astype(np.int64)
 
 
 def preload_images(paths: Sequence[str], image_loader: Callable, size: int, workers: int = 4) -> np.ndarray:

@@ -27,6 +27,24 @@ def age_band(age, bounds: Sequence[int] = DEFAULT_AGE_BOUNDS):
     return np.digitize(age, [young_max, old_min]) if np.ndim(age) else int(np.digitize([age], [young_max, old_min])[0])
 
 
+def soft_age_bands(ages, bounds: Sequence[int] = DEFAULT_AGE_BOUNDS, sigma: float = 3.0) -> np.ndarray:
+    """``(n, 3)`` chances that each age, blurred by Gaussian noise of ``sigma`` years, lies in each band.
+
+    Soft ordinal labels (SORD, Diaz & Marathe 2019) from the real age: a 29-year-old is mostly "<30" and
+    partly "30-old", a 45-year-old all "30-old". Ages are whole years, so the edge between bands sits half
+    a year below each bound (``age < 30`` is ``age <= 29``)."""
+    young_max, old_min = bounds
+    if not young_max < old_min:
+        raise ValueError(f"age bounds must increase, got {tuple(bounds)}")
+    if sigma <= 0:
+        raise ValueError(f"sigma must be > 0, got {sigma}")
+    from scipy.special import ndtr  # the standard normal CDF
+
+    ages = np.asarray(ages, dtype=np.float64).reshape(-1)
+    below = ndtr((np.array([young_max, old_min]) - 0.5 - ages[:, None]) / sigma)  # P(age < each edge)
+    return np.stack([below[:, 0], below[:, 1] - below[:, 0], 1 - below[:, 1]], axis=1).astype(np.float32)
+
+
 def encode(mask, gender, age):
     """18-class label from mask (0-2), gender (0-1) and age band (0-2); works on ints and arrays."""
     return np.asarray(mask) * 6 + np.asarray(gender) * 3 + np.asarray(age) if np.ndim(mask) else mask * 6 + gender * 3 + age
