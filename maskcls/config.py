@@ -192,7 +192,9 @@ def validate(config: Config) -> None:
         raise ConfigError(f"fold={config.fold}: expected 0..{config.folds - 1} with folds={config.folds}")
     if config.age_sigma < 0:
         raise ConfigError(f"age_sigma={config.age_sigma}: must be 0 (hard bands) or more")
-    if config.age_sigma > 0 and config.task not in ("age", "joint"):
+    from .tasks import get_task  # the task table knows which labels hold an age band
+
+    if config.age_sigma > 0 and not get_task(config.task).has_age:
         raise ConfigError(f"age_sigma={config.age_sigma}: task {config.task} has no age band to soften")
     if not config.age_bounds[0] < config.age_bounds[1]:
         raise ConfigError(f"age_bounds={config.age_bounds}: the lower edges must increase")
