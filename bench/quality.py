@@ -1,11 +1,12 @@
 """The specialists against one 18-class model, on real faces, under one fixed budget.
 
-    python bench/quality.py            # the full budget: ~54 min on a 2-core CPU with the crops cached
+    python bench/quality.py            # the full budget: ~45-54 min on a 2-core CPU with the crops cached
     python bench/quality.py --quick    # a much smaller budget: ~12 min (64 px, one epoch a specialist)
 
 Trains mask, gender and age specialists and the joint 18-class model with the same backbone, image
 size, crops and seed, submits with and without TTA (and with tuned biases), scores every submission
-against eval/labels.csv and prints one markdown table. Every step is a `maskcls` command, so the
+against eval/labels.csv and prints one markdown table, then 95 % intervals of the 18-class F1 and of the
+specialists' lead from a bootstrap over the eval people. Every step is a `maskcls` command, so the
 table is what a user running those commands gets. Skips cleanly when the dataset is absent.
 """
 from __future__ import annotations
@@ -19,10 +20,12 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from maskcls.config import CONFIG_DIR
 from maskcls.evaluate import read_answers, score
+from maskcls.metrics import bootstrap_macro_f1
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "faces"
 # Full: about 50 minutes of training on a 2-core CPU (~65 train images/s at 96 px, 5600 train images an
@@ -50,6 +53,20 @@ def maskcls(*args: str) -> tuple[str, float]:
 def recipe_hash(task: str) -> str:
     """Six hex digits of ``configs/<task>.yaml``: an edited recipe trains a new run, never reuses the old one."""
     return hashlib.sha1((CONFIG_DIR / f"{task}.yaml").read_bytes()).hexdigest()[:6]
+
+
+def noise_lines(truth, answers: dict, people, draws: int = 1000) -> str:
+    """95 % intervals of each row's 18-class macro F1 and of the specialists' lead over the joint model, from
+    a bootstrap over the eval people (the same resamples for every row, so the differences are paired)."""
+    f1 = bootstrap_macro_f1(truth, answers, people, 18, draws=draws)
+    interval = lambda x, sign="": f"{np.percentile(x, 2.5):{sign}.3f} .. {np.percentile(x, 97.5):{sign}.3f}"  # noqa: E731
+    lines = [f"\n18-class macro F1, 95 % interval over {draws} resamples of the {len(set(people))} eval people:"]
+    lines += [f"  {label}: {interval(draws_)}" for label, draws_ in f1.items()]
+    pairs = [("specialists", "joint 18-class"), ("specialists + TTA", "joint 18-class + TTA"),
+             ("specialists + TTA + tuned bias", "joint 18-class + TTA")]
+    lines += [f"  {a} minus {b}: {np.mean(f1[a] - f1[b]):+.3f}, interval {interval(f1[a] - f1[b], '+')}"
+              for a, b in pairs if a in f1 and b in f1]
+    return "\n".join(lines)
 
 
 def main() -> None:
@@ -102,6 +119,8 @@ def main() -> None:
 
     labels = args.data / "eval" / "labels.csv"
     truth = read_answers(labels)
+    people = pd.read_csv(labels, dtype=str).set_index("ImageID")["person"].reindex(truth.index).to_numpy()
+    answers = {}  # row label -> the submission's classes in truth's order, for the bootstrap
     specialists = ["--mask", str(runs["mask"]), "--age", str(runs["age"]), "--gender", str(runs["gender"])]
     val = {}
     for task in ("mask", "age", "gender"):
@@ -114,7 +133,8 @@ def main() -> None:
 
     def add_row(label: str, out: Path, train_s: float, infer_s: float) -> None:
         """Score one submission against labels.csv; print its table row at once (partial runs stay useful)."""
-        s = score(truth.to_numpy(), read_answers(out).reindex(truth.index).to_numpy())
+        answers[label] = read_answers(out).reindex(truth.index).to_numpy()
+        s = score(truth.to_numpy(), answers[label])
         t = s["tasks"]
         rows.append(f"| {label} | {t['mask']:.4f} | {t['gender']:.4f} | {t['age']:.4f} | {s['macro_f1']:.4f} | "
                     f"{s['accuracy']:.4f} | {train_s:.0f} | {infer_s:.0f} |")
@@ -143,6 +163,7 @@ def main() -> None:
     print(f"\n| design | mask F1 | gender F1 | age F1 | 18-class macro F1 | accuracy | train s | infer s |")
     print("|---|---|---|---|---|---|---|---|")
     print("\n".join(rows))
+    print(noise_lines(truth.to_numpy(), answers, people))
     if "crop" in seconds:
         print(f"\nface crops (cached after the first run): {seconds['crop']:.0f} s")
     print(f"train s: the epochs' training seconds (no preloading, no validation); this script's wall time: "

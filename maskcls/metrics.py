@@ -17,3 +17,29 @@ def accuracy(targets, preds) -> float:
 
 def confusion(targets, preds, num_classes: int) -> np.ndarray:
     return confusion_matrix(targets, preds, labels=list(range(num_classes)))
+
+
+def bootstrap_macro_f1(targets, preds: dict, groups, num_classes: int, draws: int = 1000,
+                       seed: int = 0) -> dict[str, np.ndarray]:
+    """Macro F1 of each named prediction set on ``draws`` resamples of whole groups with replacement.
+
+    Resample people, not images: a person's seven images share one photo, so their errors go together. Every
+    set is scored on the same resamples, so the difference of two sets' draws is a paired bootstrap."""
+    targets, groups = np.asarray(targets), np.asarray(groups)
+    names, group_of = np.unique(groups, return_inverse=True)
+    members = [np.flatnonzero(group_of == g) for g in range(len(names))]
+    rng = np.random.default_rng(seed)
+    out = {name: np.empty(draws) for name in preds}
+    for d in range(draws):
+        rows = np.concatenate([members[g] for g in rng.integers(0, len(names), len(names))])
+        for name, pred in preds.items():
+            out[name][d] = _fast_macro_f1(targets[rows], np.asarray(pred)[rows], num_classes)
+    return out
+
+
+def _fast_macro_f1(targets: np.ndarray, preds: np.ndarray, num_classes: int) -> float:
+    """:func:`macro_f1` from bincounts (sklearn's is ~50x slower, which a bootstrap feels)."""
+    tp = np.bincount(targets[targets == preds], minlength=num_classes)
+    true, predicted = np.bincount(targets, minlength=num_classes), np.bincount(preds, minlength=num_classes)
+    denominator = true + predicted
+    return float(np.where(denominator > 0, 2 * tp / np.maximum(denominator, 1), 0.0).mean())

@@ -97,3 +97,25 @@ def test_compare_counts_differences_by_class_and_task(tmp_path):
     pd.DataFrame({"ImageID": ids[:5], "ans": [0] * 5}).to_csv(b, index=False)
     result = run("compare", a, b)
     assert result.exit_code == 1 and f"{b}: does not cover the ImageIDs of {a}: 1 missing" in result.stderr
+
+
+def test_bootstrap_resamples_whole_people_and_pairs_the_sets():
+    from maskcls.metrics import _fast_macro_f1, bootstrap_macro_f1, macro_f1
+
+    rng = np.random.default_rng(1)
+    targets = rng.integers(0, 18, 700)
+    people = np.repeat(np.arange(100), 7)
+    noisy = np.where(rng.random(700) < 0.4, rng.integers(0, 18, 700), targets)
+    draws = bootstrap_macro_f1(targets, {"perfect": targets, "noisy": noisy, "same": noisy.copy()}, people, 18,
+                               draws=200)
+    assert np.all(draws["perfect"] == 1.0)
+    np.testing.assert_array_equal(draws["noisy"], draws["same"])  # the same resamples for every set
+    lo, hi = np.percentile(draws["noisy"], [2.5, 97.5])
+    assert lo < macro_f1(targets, noisy, 18) < hi and hi - lo > 0.01
+    assert _fast_macro_f1(targets, noisy, 18) == pytest.approx(macro_f1(targets, noisy, 18))  # scikit-learn's
+    assert _fast_macro_f1(targets[:5], noisy[:5], 18) == pytest.approx(macro_f1(targets[:5], noisy[:5], 18))
+    # two people, one all right and one all wrong: a resample holds both, or one of them twice
+    two = bootstrap_macro_f1(np.array([0, 0, 1, 1]), {"p": np.array([0, 0, 0, 0])}, np.array([1, 1, 2, 2]), 2,
+                             draws=100)["p"]
+    assert set(np.round(two, 4)) <= {round(2 / 3 / 2, 4), 0.5, 0.0}
+    assert len(set(np.round(two, 4))) >= 2
