@@ -21,9 +21,7 @@ DEFAULT_AGE_BOUNDS = (30, 60)  # band 0: age < 30, band 1: 30 <= age < 60, band 
 
 def age_band(age, bounds: Sequence[int] = DEFAULT_AGE_BOUNDS):
     """Age band 0/1/2 for an age (or an array of ages); ``bounds`` are the lower edges of bands 1, 2."""
-    young_max, old_min = bounds
-    if not young_max < old_min:
-        raise ValueError(f"age bounds must increase, got {tuple(bounds)}")
+    young_max, old_min = _checked(bounds)
     return np.digitize(age, [young_max, old_min]) if np.ndim(age) else int(np.digitize([age], [young_max, old_min])[0])
 
 
@@ -33,9 +31,7 @@ def soft_age_bands(ages, bounds: Sequence[int] = DEFAULT_AGE_BOUNDS, sigma: floa
     Soft ordinal labels (SORD, Diaz & Marathe 2019) from the real age: a 29-year-old is mostly "<30" and
     partly "30-old", a 45-year-old all "30-old". Ages are whole years, so the edge between bands sits half
     a year below each bound (``age < 30`` is ``age <= 29``)."""
-    young_max, old_min = bounds
-    if not young_max < old_min:
-        raise ValueError(f"age bounds must increase, got {tuple(bounds)}")
+    young_max, old_min = _checked(bounds)
     if sigma <= 0:
         raise ValueError(f"sigma must be > 0, got {sigma}")
     from scipy.special import ndtr  # the standard normal CDF
@@ -43,6 +39,14 @@ def soft_age_bands(ages, bounds: Sequence[int] = DEFAULT_AGE_BOUNDS, sigma: floa
     ages = np.asarray(ages, dtype=np.float64).reshape(-1)
     below = ndtr((np.array([young_max, old_min]) - 0.5 - ages[:, None]) / sigma)  # P(age < each edge)
     return np.stack([below[:, 0], below[:, 1] - below[:, 0], 1 - below[:, 1]], axis=1).astype(np.float32)
+
+
+def _checked(bounds: Sequence[int]) -> tuple[int, int]:
+    """``(young_max, old_min)``, the lower edges of bands 1 and 2; an error unless they increase."""
+    young_max, old_min = bounds
+    if not young_max < old_min:
+        raise ValueError(f"age bounds must increase, got {tuple(bounds)}")
+    return young_max, old_min
 
 
 def encode(mask, gender, age):
