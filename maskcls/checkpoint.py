@@ -7,11 +7,8 @@ from pathlib import Path
 import torch
 
 from .config import Config, config_from_dict
+from .errors import CheckpointError
 from .io import atomic_path
-
-
-class CheckpointError(ValueError):
-    """A checkpoint that is missing or unreadable; the message names the file."""
 
 
 def save_checkpoint(path: Path, **state) -> None:

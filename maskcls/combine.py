@@ -18,7 +18,7 @@ import pandas as pd
 import yaml
 
 from .data import NUM_CLASSES, DataError, encode
-from .io import atomic_write_csv, atomic_write_text, is_main_process
+from .io import atomic_write_csv, atomic_write_text, is_main_process, note_path
 from .tasks import SPECIALISTS, get_task
 
 # log-probability offsets tried per class; e^2 ~ 7x, enough to promote a class the model ranks second
@@ -91,7 +91,7 @@ def read_predictions(path: str | Path, task: str) -> Predictions:
         table = pd.read_csv(path, dtype={"ImageID": str, "path": str}, keep_default_na=False, na_values=[""])
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
         raise DataError(f"{path}: cannot be read as CSV ({str(err).splitlines()[0]})") from None
-    note_file = path.with_suffix(".json")
+    note_file = note_path(path)
     try:
         note = json.loads(note_file.read_text()) if note_file.is_file() else {}
     except json.JSONDecodeError as err:

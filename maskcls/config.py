@@ -13,11 +13,9 @@ from pathlib import Path
 
 import yaml
 
+from .errors import ConfigError
+
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
-
-
-class ConfigError(ValueError):
-    """A bad key or value; the message names it."""
 
 
 @dataclass(frozen=True)

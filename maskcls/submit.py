@@ -1,4 +1,4 @@
-"""Inference: eval images (or a run's own validation people) through one or several runs of a task, with
+"""Predictions and submissions: eval images (or a run's own validation people) through one or several runs of a task, with
 test-time augmentation, voted into one probability table, written as CSV with a JSON note beside it.
 
 The table has one row per image: ``ImageID`` (eval, in ``eval/info.csv`` order) or ``path`` (val, relative
@@ -12,155 +12,19 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Sequence
 
 import numpy as np
 import pandas as pd
-import torch
-from torch import nn
 
-from .checkpoint import load_model
-from .config import Config, ConfigError
-from .data import DEFAULT_AGE_BOUNDS, NUM_CLASSES, DataError, load_train, read_eval_images, split_images
-from .data.dataset import ImageDataset
-from .engine import Engine, pick_device, predict_logits
-from .io import atomic_path, atomic_write_text, is_main_process
-from .tasks import get_task
-from .transforms import build_transforms
+from .data import NUM_CLASSES, DataError, read_eval_images
+from .infer import (Run, build_dataset, build_views, image_table, inference_engine, inference_model, load_run,
+                    predict_probs, tta_views)
+from .io import atomic_path, atomic_write_text, is_main_process, note_path
 
-SPLITS = ("eval", "val")
 VOTES = ("soft", "hard")  # soft: mean probability; hard: majority of each run's argmax
 KEY_COLUMNS = {"eval": "ImageID", "val": "path"}
-
-
-@dataclass
-class Run:
-    """A trained run ready for inference: its folder, model (eval mode), config and normalisation."""
-
-    run_dir: Path
-    model: nn.Module
-    config: Config
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
-    which: str = "best"  # the checkpoint it came from: <which>.pt (and <which>.onnx once exported)
-
-    @property
-    def task(self) -> str:
-        return self.config.task
-
-
-def load_run(run_dir: str | Path, which: str = "best") -> Run:
-    if not Path(run_dir).exists():
-        raise DataError(f"{run_dir}: run folder does not exist")
-    model, config, state = load_model(Path(run_dir), which)
-    return Run(Path(run_dir), model, config, tuple(state["mean"]), tuple(state["std"]), which)
-
-
-RUNTIMES = ("torch", "onnx")  # `--engine`: PyTorch eager, or the run's exported ONNX file on onnxruntime
-
-
-def inference_model(run: Run, runtime: str = "torch") -> nn.Module:
-    """What predicts for ``run``: its PyTorch model, or its ``<which>.onnx`` (``maskcls export onnx``) on
-    onnxruntime behind the same interface (images in, logits out), so TTA and voting do not change."""
-    if runtime == "torch":
-        return run.model
-    if runtime == "onnx":
-        from .export import load_onnx_model
-
-        return load_onnx_model(run)
-    raise ValueError(f"engine {runtime!r}: expected one of {', '.join(RUNTIMES)}")
-
-
-# --- test-time augmentation -------------------------------------------------------------------------
-
-def _flip(images: torch.Tensor) -> torch.Tensor:
-    return torch.flip(images, dims=[3])
-
-
-def _centre_zoom(fraction: float) -> Callable[[torch.Tensor], torch.Tensor]:
-    """Centre crop of ``fraction`` of each side, resized back: a slightly zoomed-in view."""
-
-    def view(images: torch.Tensor) -> torch.Tensor:
-        height, width = images.shape[-2:]
-        crop_h, crop_w = max(1, round(height * fraction)), max(1, round(width * fraction))
-        top, left = (height - crop_h) // 2, (width - crop_w) // 2
-        crop = images[..., top:top + crop_h, left:left + crop_w]
-        # normalisation is per-channel affine, so resizing the normalised tensor equals resizing the image
-        return nn.functional.interpolate(crop.float(), size=(height, width), mode="bilinear",
-                                         align_corners=False, antialias=True).to(images.dtype)
-
-    return view
-
-
-def build_views(names: Sequence[str]) -> list[tuple[str, Callable[[torch.Tensor], torch.Tensor]]]:
-    """The original view, then each named one: ``flip`` (horizontal), ``scale<percent>`` (centre zoom)."""
-    views = [("orig", lambda images: images)]
-    for name in dict.fromkeys(names):  # in order, without repeats
-        match = re.fullmatch(r"scale(\d+)", name)
-        if name == "flip":
-            views.append((name, _flip))
-        elif match and 1 <= int(match[1]) < 100:
-            views.append((name, _centre_zoom(int(match[1]) / 100)))
-        elif name != "orig":
-            raise ConfigError(f"tta view {name!r}: expected flip or scale<percent> with percent in 1..99 "
-                              f"(e.g. scale90)")
-    return views
-
-
-def tta_views(config: Config, tta: bool) -> tuple[str, ...]:
-    """With ``tta``: the flip always, then the config's views; without: none (the original only)."""
-    return ("flip", *config.tta) if tta else ()
-
-
-class TTAModel(nn.Module):
-    """Returns the log of the softmax averaged over views, so argmax and ``exp`` give the averaged prediction."""
-
-    def __init__(self, model: nn.Module, views: Sequence[tuple[str, Callable]]):
-        super().__init__()
-        self.model = model
-        self.views = list(views)
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        probs = torch.stack([self.model(view(images)).float().softmax(1) for _, view in self.views]).mean(0)
-        return probs.clamp_min(1e-12).log()
-
-
-# --- images and probabilities ---------------------------------------------------------------------
-
-def image_table(config: Config, split: str, data_dir: str | Path) -> pd.DataFrame:
-    """Rows to predict: key column, ``path`` to open, and for val ``target`` (the task's) and ``label`` (18-class)."""
-    data_dir = Path(data_dir)
-    if split == "eval":
-        images = read_eval_images(data_dir)  # eval/info.csv and eval/images only
-        return pd.DataFrame({"ImageID": images["ImageID"], "file": images["path"]})
-    if split != "val":
-        raise ValueError(f"split {split!r}: expected one of {', '.join(SPLITS)}")
-    images = load_train(data_dir, DEFAULT_AGE_BOUNDS, config.label_fixes)
-    _, val = split_images(images, config.folds, config.fold, config.seed)
-    if val.empty:
-        raise DataError(f"{data_dir}: fold {config.fold} of {config.folds} holds no validation images")
-    return pd.DataFrame({"path": [Path(p).relative_to(data_dir).as_posix() for p in val["path"]],
-                         "file": val["path"], "target": val[get_task(config.task).label_column],
-                         "label": val["label"]})
-
-
-def build_dataset(config: Config, files: Sequence[str], mean, std) -> ImageDataset:
-    """Eval-mode transforms (resize, normalise) and the config's image loader (face crops)."""
-    from .data.crop import build_image_loader
-
-    transform = build_transforms(config.augment, config.img_size, mean, std, train=False)
-    return ImageDataset(list(files), None, transform, build_image_loader(config))
-
-
-def predict_probs(model: nn.Module, dataset, engine: Engine, views=None, batch_size: int = 64,
-                  desc: str = "predict") -> np.ndarray:
-    """(images, classes) probabilities in dataset order, averaged over ``views`` (default: the original only)."""
-    tta = engine.setup_model(TTAModel(model, views or build_views(())))
-    loader = engine.loader(dataset, batch_size, train=False)
-    log_probs, _ = predict_logits(tta, loader, engine, desc=desc)
-    return log_probs.exp().numpy()
 
 
 def vote(probs: np.ndarray, how: str = "soft") -> np.ndarray:
@@ -185,10 +49,6 @@ def vote(probs: np.ndarray, how: str = "soft") -> np.ndarray:
     return (votes + mean) / (count + 1)
 
 
-def _engine(config: Config, device: str) -> Engine:
-    return Engine(pick_device(device), config.amp, config.channels_last, config.workers)
-
-
 def predict_run(run: Run, split: str, data_dir: str | Path, tta: bool = False, device: str = "auto",
                 runtime: str = "torch") -> pd.DataFrame:
     """One run's table: key column, ``p0..``, and for val ``target``/``label``."""
@@ -198,7 +58,7 @@ def predict_run(run: Run, split: str, data_dir: str | Path, tta: bool = False, d
     rows = image_table(config, split, data_dir)
     views = build_views(tta_views(config, tta))
     dataset = build_dataset(config, rows["file"], run.mean, run.std)
-    probs = predict_probs(inference_model(run, runtime), dataset, _engine(config, device), views, config.batch_size,
+    probs = predict_probs(inference_model(run, runtime), dataset, inference_engine(config, device), views, config.batch_size,
                           desc=f"{config.task} {split} {run.run_dir.name}")
     table = rows.drop(columns="file")
     for k in range(probs.shape[1]):
@@ -258,11 +118,6 @@ def default_output(run_dirs: Sequence[str | Path], split: str, tta: bool, how: s
     """``<first run>/pred_<split>[_tta][_<vote><runs>].csv``."""
     suffix = f"_{how}{len(run_dirs)}" if len(run_dirs) > 1 else ""
     return Path(run_dirs[0]) / f"pred_{split}{'_tta' if tta else ''}{suffix}.csv"
-
-
-def note_path(csv_path: str | Path) -> Path:
-    """The JSON note beside a prediction CSV: task, split, runs, views, vote, data folder."""
-    return Path(csv_path).with_suffix(".json")
 
 
 def write_predictions(table: pd.DataFrame, path: str | Path, note: dict) -> Path:

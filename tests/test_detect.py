@@ -21,7 +21,7 @@ from maskcls.config import load_config
 from maskcls.data.crop import Face
 from maskcls.detect import COLUMNS, MASK_COLOURS, DetectSettings, Specialist, classify, face_crops
 from maskcls.engine import Engine
-from maskcls.submit import load_run
+from maskcls.infer import load_run
 from maskcls.tasks import SPECIALISTS, get_task
 
 skimage_data = pytest.importorskip("skimage.data")

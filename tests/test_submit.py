@@ -21,7 +21,8 @@ from maskcls.cli import app
 from maskcls.config import ConfigError, load_config
 from maskcls.data import DEFAULT_AGE_BOUNDS, age_band, decode, load_train, read_eval_images
 from maskcls.engine import Engine
-from maskcls.submit import build_views, predict_probs, tta_views, vote
+from maskcls.infer import build_views, predict_probs, tta_views
+from maskcls.submit import vote
 
 runner = CliRunner()
 TINY = ["backbone=test_efficientnet", "img_size=32", "batch_size=8", "folds=3", "preload=false"]

@@ -7,6 +7,9 @@ from PIL import Image, ImageOps
 
 from .layout import DataError
 
+# files taken for photos when a folder is searched (detect, export's check images); Pillow opens them all
+PHOTO_SUFFIXES = (".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+
 
 def open_rgb(path: str | Path) -> Image.Image:
     """The image as RGB (grey, RGBA and palette images converted; EXIF orientation applied)."""

@@ -14,15 +14,12 @@ from pathlib import Path
 import pandas as pd
 from PIL import Image
 
+from ..errors import DataError
 from .labels import GENDER_BY_NAME, IMAGE_EXTENSIONS, IMAGE_STEMS, MASK_BY_STEM
 
 FOLDER_RE = re.compile(r"^(?P<id>[0-9A-Za-z-]+)_(?P<gender>male|female)_(?P<race>[A-Za-z]+)_(?P<age>\d{1,3})$")
 TRAIN_COLUMNS = ("id", "gender", "race", "age", "path")
 EVAL_COLUMNS = ("ImageID", "ans")
-
-
-class DataError(ValueError):
-    """Bad input: the message names the file and what is wrong with it."""
 
 
 @dataclass(frozen=True)
