@@ -160,7 +160,7 @@ def main() -> None:
             _, infer_s = maskcls("submit", "--joint", str(runs["joint"]), *tta, "--out", str(out))
             add_row(label, out, seconds["joint"], infer_s)
 
-    print(f"\n| design | mask F1 | gender F1 | age F1 | 18-class macro F1 | accuracy | train s | infer s |")
+    print("\n| design | mask F1 | gender F1 | age F1 | 18-class macro F1 | accuracy | train s | infer s |")
     print("|---|---|---|---|---|---|---|---|")
     print("\n".join(rows))
     print(noise_lines(truth.to_numpy(), answers, people))

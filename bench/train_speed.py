@@ -86,7 +86,7 @@ def main() -> None:
         speed = timed_steps(model, batches, loss_fn, optimizer, engine, args.steps)
         rows.append((label, speed, f"set-up {setup_s:.1f} s for {len(data.train)} train images"))
 
-    print(f"\n| input | images/s | ratio to model only | note |\n|---|---|---|---|")
+    print("\n| input | images/s | ratio to model only | note |\n|---|---|---|---|")
     for label, speed, note in rows:
         print(f"| {label} | {speed:.1f} | {speed / model_only:.2f} | {note} |")
 

@@ -8,8 +8,31 @@ from pathlib import Path
 from typing import Annotated, List, Optional
 
 import typer
+from typer.core import TyperGroup
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+from .data.crop import CropSettings
+from .data.labels import DEFAULT_AGE_BOUNDS
+from .errors import MaskclsError
+from .tasks import SPECIALISTS, TASKS
+
+
+def fail(message: str) -> None:
+    """One line on stderr, exit code 1."""
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(1)
+
+
+class _Commands(TyperGroup):
+    """Every command (and subcommand) runs inside this: a user-facing error becomes its one-line message."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except MaskclsError as err:
+            fail(str(err))
+
+
+app = typer.Typer(cls=_Commands, add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Mask, gender and age-band classification: three specialists and a rule-based merge.")
 data_app = typer.Typer(no_args_is_help=True, help="Check, summarise and generate datasets in the competition layout.")
 app.add_typer(data_app, name="data")
@@ -17,17 +40,7 @@ export_app = typer.Typer(no_args_is_help=True, help="Export trained runs for dep
 app.add_typer(export_app, name="export")
 
 
-class TaskName(str, Enum):
-    mask = "mask"
-    age = "age"
-    gender = "gender"
-    joint = "joint"
-
-
-def fail(message: str) -> None:
-    """One line on stderr, exit code 1."""
-    typer.echo(f"error: {message}", err=True)
-    raise typer.Exit(1)
+TaskName = Enum("TaskName", {name: name for name in TASKS}, type=str)  # --help lists the task table's names
 
 
 @data_app.command("check")
@@ -52,24 +65,16 @@ def data_check(
 def data_summary(
     data_dir: Annotated[Path, typer.Argument(help="Dataset folder holding train/.")],
     out: Annotated[Optional[Path], typer.Option(help="Bar chart PNG (default: <data_dir>/../<name>_classes.png).")] = None,
-    age_bounds: Annotated[str, typer.Option(help="Lower edges of the 30-old and old bands.")] = "30,60",
+    age_bounds: Annotated[str, typer.Option(help="Lower edges of the 30-old and old bands.")] = ",".join(map(str, DEFAULT_AGE_BOUNDS)),
     label_fixes: Annotated[str, typer.Option(help="none | competition | path to a fixes YAML.")] = "none",
 ):
     """Print people and image counts per gender x age band x mask; write the 18-class bar chart PNG."""
-    from .data import DataError, class_name, load_train
+    from .data import class_name, load_train
+    from .data.labels import check_age_bounds
     from .data.summary import class_counts, format_summary
     from .plots import plot_class_counts
 
-    try:
-        bounds = tuple(int(a) for a in age_bounds.split(","))
-        if len(bounds) != 2 or not bounds[0] < bounds[1]:
-            raise ValueError
-    except ValueError:
-        fail(f"--age-bounds {age_bounds}: expected two increasing whole numbers, such as 30,60")
-    try:
-        images = load_train(data_dir, bounds, label_fixes)
-    except DataError as err:
-        fail(str(err))
+    images = load_train(data_dir, check_age_bounds(age_bounds, "--age-bounds "), label_fixes)
     typer.echo(format_summary(images))
     out = out or data_dir.resolve().parent / f"{data_dir.resolve().name}_classes.png"
     plot_class_counts(class_counts(images).tolist(), [class_name(i) for i in range(18)], out,
@@ -99,22 +104,17 @@ def train(
     config_file: Annotated[Optional[Path], typer.Option("--config", help="YAML to use instead of configs/<task>.yaml.")] = None,
 ):
     """Train one specialist on the shared engine; writes runs/<task>/<name>/."""
-    from .checkpoint import CheckpointError, checkpoint_config, load_checkpoint
-    from .config import ConfigError, load_config, merge, parse_overrides, validate
-    from .data import DataError
+    from .checkpoint import checkpoint_config, load_checkpoint
+    from .config import load_config, merge, parse_overrides, validate
     from .engine import fit
-    from .models import WeightsError
 
-    try:
-        if resume:
-            config = checkpoint_config(load_checkpoint(resume / "last.pt"))
-            config = merge(config, parse_overrides(overrides or []), "command line")
-            validate(config)
-        else:
-            config = load_config(task.value, overrides or [], config_file)
-        run_dir = fit(config, resume=resume)
-    except (ConfigError, DataError, WeightsError, CheckpointError) as err:
-        fail(str(err))
+    if resume:
+        config = checkpoint_config(load_checkpoint(resume / "last.pt"))
+        config = merge(config, parse_overrides(overrides or []), "command line")
+        validate(config)
+    else:
+        config = load_config(task.value, overrides or [], config_file)
+    run_dir = fit(config, resume=resume)
     if os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 alone reports
         typer.echo(f"run folder: {run_dir}")
 
@@ -122,21 +122,17 @@ def train(
 @app.command()
 def crop(
     data_dir: Annotated[Path, typer.Argument(help="Dataset folder holding train/ and eval/.")],
-    margin: Annotated[float, typer.Option(help="Grow the face box by this fraction of its size on every side.")] = 0.25,
-    fallback: Annotated[float, typer.Option(help="Centre crop of this fraction of the image when no face is found.")] = 0.6,
+    margin: Annotated[float, typer.Option(help="Grow the face box by this fraction of its size on every side.")] = CropSettings.margin,
+    fallback: Annotated[float, typer.Option(help="Centre crop of this fraction of the image when no face is found.")] = CropSettings.fallback,
     cache_dir: Annotated[Optional[Path], typer.Option(help="Default: <data_dir parent>/.maskcls_cache/<name>.")] = None,
     batch_size: Annotated[int, typer.Option(help="Images per MTCNN batch.")] = 32,
     sheet: Annotated[Optional[Path], typer.Option(help="Contact sheet PNG (default: <cache>/contact_sheet.png).")] = None,
 ):
     """Detect the face in every train and eval image with MTCNN and cache the crops (re-runs reuse them)."""
-    from .data import DataError
-    from .data.crop import CropSettings, run_crop
+    from .data.crop import run_crop
 
-    try:
-        summary = run_crop(data_dir, CropSettings(margin=margin, fallback=fallback), cache_dir=cache_dir,
-                           batch_size=batch_size, sheet=sheet)
-    except DataError as err:
-        fail(str(err))
+    summary = run_crop(data_dir, CropSettings(margin=margin, fallback=fallback), cache_dir=cache_dir,
+                       batch_size=batch_size, sheet=sheet)
     for message in summary.bad:
         typer.echo(f"warning: skipped {message}", err=True)
     typer.echo(summary.format())
@@ -155,7 +151,7 @@ def demo(
     steps = [["data", "sample", str(faces), "--people", "60", "--eval-people", "20"],
              ["data", "check", str(faces)],
              ["data", "summary", str(faces)],
-             *(["train", task, *tiny] for task in ("mask", "age", "gender")),
+             *(["train", task, *tiny] for task in SPECIALISTS),
              ["submit", "--tta", "--project", str(runs), "--out", str(out_dir / "submission.csv")],
              ["evaluate", str(out_dir / "submission.csv"), str(faces / "eval" / "labels.csv")]]
     if (runs / "mask" / "demo").exists():
@@ -205,16 +201,6 @@ def _specialist_runs(mask, age, gender, project: Path, which: str) -> dict[str, 
     return {task: list(given or [newest_run(project, task, which)]) for task, given in chosen.items()}
 
 
-def _input_errors():
-    from .checkpoint import CheckpointError
-    from .config import ConfigError
-    from .data import DataError
-    from .export import ExportError
-    from .models import WeightsError
-
-    return DataError, CheckpointError, ConfigError, WeightsError, ExportError
-
-
 @app.command()
 def predict(
     task: Annotated[TaskName, typer.Argument(help="Which task the runs were trained for.")],
@@ -232,12 +218,9 @@ def predict(
     """Write per-image class probabilities of one task's runs to a CSV (and a JSON note beside it)."""
     from .submit import default_output, predict_runs, write_predictions
 
-    try:
-        table, note = predict_runs(runs, split.value, data_dir, tta, vote.value, which.value, device, task.value,
-                                   engine.value)
-        path = write_predictions(table, out or default_output(runs, split.value, tta, vote.value), note)
-    except _input_errors() as err:
-        fail(str(err))
+    table, note = predict_runs(runs, split.value, data_dir, tta, vote.value, which.value, device, task.value,
+                               engine.value)
+    path = write_predictions(table, out or default_output(runs, split.value, tta, vote.value), note)
     typer.echo(f"{task.value} {split.value}: {len(table)} images, {len(runs)} run(s), views {'+'.join(note['views'])}"
                f" -> {path}")
 
@@ -256,10 +239,7 @@ def combine(
     """Merge mask, age and gender predictions into 18 classes: a submission (eval) or a score (val)."""
     from .combine import combine_files
 
-    try:
-        lines = combine_files(mask, age, gender, out, data_dir, tune, bias, bias_out)
-    except _input_errors() as err:
-        fail(str(err))
+    lines = combine_files(mask, age, gender, out, data_dir, tune, bias, bias_out)
     typer.echo("\n".join(lines))
 
 
@@ -283,14 +263,11 @@ def submit(
     """
     from .submit import make_joint_submission, make_submission
 
-    try:
-        if joint:
-            typer.echo("\n".join(make_joint_submission(joint, out, data_dir, tta, which.value, device)))
-            return
-        runs = _specialist_runs(mask, age, gender, project, which.value)
-        lines = make_submission(runs, out, data_dir, tta, bias, which.value, device)
-    except _input_errors() as err:
-        fail(str(err))
+    if joint:
+        typer.echo("\n".join(make_joint_submission(joint, out, data_dir, tta, which.value, device)))
+        return
+    runs = _specialist_runs(mask, age, gender, project, which.value)
+    lines = make_submission(runs, out, data_dir, tta, bias, which.value, device)
     typer.echo("\n".join(lines))
 
 
@@ -303,10 +280,7 @@ def evaluate(
     """Print 18-class and per-task macro F1, accuracy and a per-class table; write the confusion matrix PNG."""
     from .evaluate import evaluate_files
 
-    try:
-        lines = evaluate_files(submission, labels, confusion_png)
-    except _input_errors() as err:
-        fail(str(err))
+    lines = evaluate_files(submission, labels, confusion_png)
     typer.echo("\n".join(lines))
 
 
@@ -318,10 +292,7 @@ def compare(
     """Print how many answers of two submissions differ, by class and by task."""
     from .evaluate import compare_files
 
-    try:
-        lines = compare_files(a, b)
-    except _input_errors() as err:
-        fail(str(err))
+    lines = compare_files(a, b)
     typer.echo("\n".join(lines))
 
 
@@ -356,11 +327,8 @@ def detect(
     passes = DetectSettings.passes if second_pass else DetectSettings.passes[:1]
     settings = DetectSettings(min_prob=min_prob, passes=passes, min_face_size=min_face, tta=tta, runtime=engine.value,
                               device=device)
-    try:
-        runs = _specialist_runs(mask, age, gender, project, which.value)
-        result, path = run_detect(photos, runs, out, settings, which.value, annotate)
-    except _input_errors() as err:
-        fail(str(err))
+    runs = _specialist_runs(mask, age, gender, project, which.value)
+    result, path = run_detect(photos, runs, out, settings, which.value, annotate)
     for message in result.unreadable:
         typer.echo(f"warning: skipped {message}", err=True)
     for file in result.no_face:
@@ -384,11 +352,8 @@ def export_onnx(
     """Write <run>/<which>.onnx per run (logits, dynamic batch), checked against PyTorch with onnxruntime."""
     from .export import PARITY_ATOL, export_runs
 
-    try:
-        runs = joint or [r for rs in _specialist_runs(mask, age, gender, project, which.value).values() for r in rs]
-        results = export_runs(runs, which.value, check_images)
-    except _input_errors() as err:
-        fail(str(err))
+    runs = joint or [r for rs in _specialist_runs(mask, age, gender, project, which.value).values() for r in rs]
+    results = export_runs(runs, which.value, check_images)
     typer.echo("\n".join(result.format() for result in results))
     typer.echo(f"parity: every probability within {PARITY_ATOL:g} of PyTorch's")
 

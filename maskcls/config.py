@@ -8,12 +8,18 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import typing
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
 
+from .data.crop import CROP_MODES, CropSettings
+from .data.fixes import load_fixes
+from .data.labels import DEFAULT_AGE_BOUNDS, check_age_bounds
 from .errors import ConfigError
+from .losses import LOSSES
+from .tasks import TASKS
+from .transforms import check_augment, tta_view_zoom
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 
@@ -24,11 +30,11 @@ class Config:
     # data
     data_dir: str = "data"  # holds train/ and eval/
     label_fixes: str = "none"  # none | competition | path to a fixes YAML
-    age_bounds: tuple[int, int] = (30, 60)  # lower edges of the "30-old" and "old" bands
+    age_bounds: tuple[int, int] = DEFAULT_AGE_BOUNDS  # lower edges of the "30-old" and "old" bands
     age_sigma: float = 0.0  # > 0: soft age-band targets from the real age blurred by this many years (age, joint)
     crop: str = "none"  # none | center | mtcnn (cached face crops, computed on the fly when missing)
-    crop_margin: float = 0.25  # box grows by this fraction of its size on every side
-    crop_fallback: float = 0.6  # centre crop of this fraction of the image when no face is found
+    crop_margin: float = CropSettings.margin  # box grows by this fraction of its size on every side
+    crop_fallback: float = CropSettings.fallback  # centre crop of this fraction of the image when no face is found
     crop_cache: str = ""  # "" -> <data_dir parent>/.maskcls_cache/<data_dir name> (~/.cache/maskcls/... if read-only)
     # model
     backbone: str = "tf_efficientnet_lite0"  # any timm model name
@@ -168,10 +174,10 @@ def load_config(task: str, overrides: typing.Iterable[str] | dict = (), config_f
     return config
 
 
-CHOICES = {
-    "task": ("mask", "age", "gender", "joint"),
-    "crop": ("none", "center", "mtcnn"),
-    "loss": ("ce", "label_smoothing", "focal", "f1", "ce_f1"),
+CHOICES = {  # the task, crop and loss names are their registries' keys
+    "task": tuple(TASKS),
+    "crop": CROP_MODES,
+    "loss": tuple(LOSSES),
     "class_weights": ("none", "balanced"),
     "optimizer": ("adam", "adamw", "sgd"),
     "scheduler": ("cosine", "step"),
@@ -181,24 +187,49 @@ CHOICES = {
 }
 
 
+# numbers: (lowest, highest) allowed, both included; None leaves that end open
+LIMITS = {
+    "epochs": (1, None), "batch_size": (1, None), "img_size": (1, None), "step_epochs": (1, None),
+    "workers": (0, None), "warmup_epochs": (0, None), "weight_decay": (0, None), "momentum": (0, 1),
+    "drop_rate": (0, 1), "label_smoothing": (0, 1), "focal_gamma": (0, None), "crop_margin": (0, None),
+}
+POSITIVE = ("lr", "step_gamma", "crop_fallback")  # must be more than 0
+FRACTIONS = ("crop_fallback",)  # at most 1
+
+
 def validate(config: Config) -> None:
+    """Every value checked where it enters, before any image is read: a ConfigError (or DataError for a
+    label-fixes file) naming the first bad one."""
     for key, choices in CHOICES.items():
         value = getattr(config, key)
         if value not in choices and not (key == "device" and str(value).startswith("cuda:")):
             raise ConfigError(f"{key}={value!r}: expected one of {', '.join(choices)}")
+    for key, (low, high) in LIMITS.items():
+        value = getattr(config, key)
+        if low is not None and value < low:
+            raise ConfigError(f"{key}={value}: must be at least {low}")
+        if high is not None and value > high:
+            raise ConfigError(f"{key}={value}: must be at most {high}")
+    for key in POSITIVE:
+        if not getattr(config, key) > 0:
+            raise ConfigError(f"{key}={getattr(config, key)}: must be more than 0")
+    for key in FRACTIONS:
+        if getattr(config, key) > 1:
+            raise ConfigError(f"{key}={getattr(config, key)}: must be at most 1 (a fraction of the image)")
+    if config.val == "fold" and config.folds < 2:
+        raise ConfigError(f"folds={config.folds}: must be at least 2 with val=fold")
     if config.val == "fold" and not 0 <= config.fold < config.folds:
         raise ConfigError(f"fold={config.fold}: expected 0..{config.folds - 1} with folds={config.folds}")
     if config.age_sigma < 0:
         raise ConfigError(f"age_sigma={config.age_sigma}: must be 0 (hard bands) or more")
-    from .tasks import get_task  # the task table knows which labels hold an age band
-
-    if config.age_sigma > 0 and not get_task(config.task).has_age:
+    if config.age_sigma > 0 and not TASKS[config.task].has_age:
         raise ConfigError(f"age_sigma={config.age_sigma}: task {config.task} has no age band to soften")
-    if not config.age_bounds[0] < config.age_bounds[1]:
-        raise ConfigError(f"age_bounds={config.age_bounds}: the lower edges must increase")
-    for key in ("epochs", "batch_size", "img_size"):
-        if getattr(config, key) < 1:
-            raise ConfigError(f"{key}={getattr(config, key)}: must be at least 1")
+    check_age_bounds(config.age_bounds)  # the check every band computation makes
+    for entry in config.augment:
+        check_augment(entry)
+    for view in config.tta:
+        tta_view_zoom(view)
+    load_fixes(config.label_fixes)  # a missing or malformed fixes file fails now, not after loading images
 
 
 def save_config(config: Config, path: Path) -> None:

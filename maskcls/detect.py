@@ -26,7 +26,7 @@ from PIL import Image, ImageDraw, ImageFont
 from torch import nn
 
 from .data.crop import DEFAULT_THRESHOLDS, LOOSE, CropSettings, Face, create_detector, crop_box, detect_faces
-from .data.dataset import ImageDataset
+from .data.dataset import build_dataset
 from .data.images import PHOTO_SUFFIXES, open_rgb
 from .data.labels import class_name, encode
 from .data.layout import DataError
@@ -34,7 +34,6 @@ from .engine import Engine, pick_device
 from .io import atomic_path, atomic_write_text, note_path
 from .infer import Run, build_views, inference_engine, inference_model, load_run, predict_probs, tta_views
 from .tasks import SPECIALISTS, get_task
-from .transforms import build_transforms
 
 COLUMNS = ("file", "status", "face", "x1", "y1", "x2", "y2", "det_prob", "mask", "mask_prob", "gender",
            "gender_prob", "age", "age_prob", "label", "class")
@@ -152,8 +151,7 @@ def classify(specialist: Specialist, photos: Sequence[tuple[Image.Image, Sequenc
     probs = []
     for run, model in zip(specialist.runs, specialist.models):
         crops = [crop for image, faces in photos for crop in face_crops(image, faces, run.config)]
-        transform = build_transforms(run.config.augment, run.config.img_size, run.mean, run.std, train=False)
-        dataset = ImageDataset(list(range(len(crops))), None, transform, crops.__getitem__)
+        dataset = build_dataset(run.config, range(len(crops)), run.mean, run.std, image_loader=crops.__getitem__)
         views = build_views(tta_views(run.config, settings.tta))
         probs.append(predict_probs(model, dataset, engine, views, run.config.batch_size,
                                    desc=f"{specialist.task} {run.run_dir.name}"))

@@ -13,7 +13,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import torch
 import torch.distributed as dist
 from torch import nn
@@ -22,15 +21,13 @@ from torch.utils.data import DataLoader, DistributedSampler, WeightedRandomSampl
 
 from .config import Config, save_config
 from .data import DataError, load_train, split_images
-from .data.dataset import ImageDataset, seed_worker
+from .data.dataset import ImageDataset, build_dataset, seed_worker
 from .data.samplers import DistributedWeightedSampler, ShardedSampler
-from .io import atomic_write_csv
 from .losses import build_loss
 from .metrics import accuracy, confusion, macro_f1
 from .models import build_model, model_mean_std
 from .progress import progress
 from .tasks import get_task
-from .transforms import build_transforms
 
 
 def pick_device(name: str = "auto") -> torch.device:
@@ -283,12 +280,10 @@ def build_datasets(config: Config, mean, std) -> TrainData:
     weights = (1.0 / np.maximum(counts, 1))[targets] if config.sampler == "weighted" else None
 
     def dataset(table, train):
-        transform = build_transforms(config.augment, config.img_size, mean, std, train=train)
         # soft targets train only: validation scores the hard bands the eval set is labelled with
         soft = train and config.age_sigma > 0
         labels = task.soft_targets(table, config.age_bounds, config.age_sigma) if soft else table[task.label_column]
-        return ImageDataset(table["path"].tolist(), labels, transform, image_loader,
-                            preload_size=config.img_size if config.preload else None)
+        return build_dataset(config, table["path"], mean, std, train, labels, image_loader, config.preload)
 
     val = dataset(val_images, False) if val_images is not None and not val_images.empty else None
     return TrainData(dataset(train_images, True), val, counts, weights)

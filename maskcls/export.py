@@ -21,9 +21,10 @@ import torch
 from torch import nn
 
 from .data.crop import file_hash
+from .data.dataset import build_dataset
 from .data.images import PHOTO_SUFFIXES
 from .errors import DataError, ExportError
-from .infer import OnnxRunner, build_dataset, checkpoint_file, load_run, onnx_path
+from .infer import OnnxRunner, checkpoint_file, load_run, onnx_path
 from .io import atomic_path
 from .tasks import get_task
 

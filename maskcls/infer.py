@@ -1,13 +1,13 @@
 """Inference shared by every command that predicts (predict and submit, detect, export, a server): a trained run
 loaded for inference, what runs it (PyTorch, or its exported ONNX file on onnxruntime), the test-time
-augmentation views, the eval dataset of a run, and probabilities in dataset order.
+augmentation views, the images to predict, and probabilities in dataset order (the dataset itself:
+``data.dataset.build_dataset``).
 
 Below the commands: nothing here imports submit, detect, export, combine, evaluate or the CLI
 (docs/architecture.md).
 """
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
@@ -21,11 +21,10 @@ from .checkpoint import load_model
 from .config import Config
 from .data import DEFAULT_AGE_BOUNDS, load_train, read_eval_images, split_images
 from .data.crop import file_hash
-from .data.dataset import ImageDataset
 from .engine import Engine, predict_logits
-from .errors import ConfigError, DataError, ExportError
+from .errors import DataError, ExportError
 from .tasks import get_task
-from .transforms import build_transforms
+from .transforms import tta_view_zoom
 
 SPLITS = ("eval", "val")
 RUNTIMES = ("torch", "onnx")  # `--engine`: PyTorch eager, or the run's exported ONNX file on onnxruntime
@@ -148,14 +147,11 @@ def build_views(names: Sequence[str]) -> list[tuple[str, Callable[[torch.Tensor]
     """The original view, then each named one: ``flip`` (horizontal), ``scale<percent>`` (centre zoom)."""
     views = [("orig", lambda images: images)]
     for name in dict.fromkeys(names):  # in order, without repeats
-        match = re.fullmatch(r"scale(\d+)", name)
+        zoom = tta_view_zoom(name)  # refuses unknown names
         if name == "flip":
             views.append((name, _flip))
-        elif match and 1 <= int(match[1]) < 100:
-            views.append((name, _centre_zoom(int(match[1]) / 100)))
-        elif name != "orig":
-            raise ConfigError(f"tta view {name!r}: expected flip or scale<percent> with percent in 1..99 "
-                              f"(e.g. scale90)")
+        elif zoom is not None:
+            views.append((name, _centre_zoom(zoom)))
     return views
 
 
@@ -194,14 +190,6 @@ def image_table(config: Config, split: str, data_dir: str | Path) -> pd.DataFram
     return pd.DataFrame({"path": [Path(p).relative_to(data_dir).as_posix() for p in val["path"]],
                          "file": val["path"], "target": val[get_task(config.task).label_column],
                          "label": val["label"]})
-
-
-def build_dataset(config: Config, files: Sequence[str], mean, std) -> ImageDataset:
-    """Eval-mode transforms (resize, normalise) and the config's image loader (face crops)."""
-    from .data.crop import build_image_loader
-
-    transform = build_transforms(config.augment, config.img_size, mean, std, train=False)
-    return ImageDataset(list(files), None, transform, build_image_loader(config))
 
 
 def predict_probs(model: nn.Module, dataset, engine: Engine, views=None, batch_size: int = 64,

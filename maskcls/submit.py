@@ -19,9 +19,11 @@ import numpy as np
 import pandas as pd
 
 from .data import NUM_CLASSES, DataError, read_eval_images
-from .infer import (Run, build_dataset, build_views, image_table, inference_engine, inference_model, load_run,
+from .data.dataset import build_dataset
+from .infer import (Run, build_views, image_table, inference_engine, inference_model, load_run,
                     predict_probs, tta_views)
 from .io import atomic_path, atomic_write_text, is_main_process, note_path
+from .tasks import SPECIALISTS
 
 VOTES = ("soft", "hard")  # soft: mean probability; hard: majority of each run's argmax
 KEY_COLUMNS = {"eval": "ImageID", "val": "path"}
@@ -164,7 +166,7 @@ def make_submission(runs: dict[str, list[Path]], out: Path, data_dir: Path | Non
     # settle the bias before the slow part, so a bad --bias fails at once
     bias, which_bias = resolve_bias(bias_option, {task: [str(Path(r).resolve()) for r in rs] for task, rs in runs.items()})
     lines, predictions = [f"data: {data_dir}"], {}
-    for task in ("mask", "gender", "age"):
+    for task in SPECIALISTS:
         table, note = predict_runs(runs[task], "eval", data_dir, tta, "soft", which, device, task=task)
         path = write_predictions(table, default_output(runs[task], "eval", tta, "soft"), note)
         predictions[task] = predictions_from_table(table, task, path, note)

@@ -1,10 +1,15 @@
-"""build_transforms(config, mean, std, train): albumentations pipelines, named augmentations from the YAML."""
+"""build_transforms(config, mean, std, train): albumentations pipelines, named augmentations from the YAML; and
+the names of the test-time views (``tta``), checked here so a config is refused before any image is read."""
 from __future__ import annotations
 
+import difflib
+import re
 from typing import Callable, Sequence
 
 import albumentations as A
 from albumentations.pytorch import ToTensorV2
+
+from .errors import ConfigError
 
 # name -> factory; task YAMLs list names (augment: [hflip, rotate, ...]) so configs stay plain data
 AUGMENTATIONS: dict[str, Callable[[], A.BasicTransform]] = {
@@ -19,14 +24,31 @@ AUGMENTATIONS: dict[str, Callable[[], A.BasicTransform]] = {
 }
 
 
+def check_augment(entry) -> None:
+    """A ConfigError unless ``entry`` (one item of ``augment``) names an augmentation of AUGMENTATIONS."""
+    if entry not in AUGMENTATIONS:
+        close = difflib.get_close_matches(str(entry), AUGMENTATIONS, n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        raise ConfigError(f"augment: unknown augmentation {entry!r}{hint} (choose from {', '.join(AUGMENTATIONS)})")
+
+
 def build_transforms(augment: Sequence[str], img_size: int, mean, std, train: bool) -> A.Compose:
     """Resize, (train only) the named augmentations, Normalize with the backbone's mean/std, to tensor."""
-    unknown = [name for name in augment if name not in AUGMENTATIONS]
-    if unknown:
-        raise ValueError(f"unknown augmentation(s) {unknown}; choose from {', '.join(AUGMENTATIONS)}")
+    for entry in augment:
+        check_augment(entry)
     steps = [A.Resize(img_size, img_size)]
     if train:
         steps += [AUGMENTATIONS[name]() for name in augment]
     steps += [A.Normalize(mean=mean, std=std), ToTensorV2()]
     return A.Compose(steps)
 
+
+def tta_view_zoom(name: str) -> float | None:
+    """The centre-crop fraction of test-time view ``name`` (``scale90``: 0.9), None for ``orig`` and ``flip``;
+    a ConfigError for any other name. ``infer.build_views`` builds the views from it."""
+    match = re.fullmatch(r"scale(\d+)", str(name))
+    if match and 1 <= int(match[1]) < 100:
+        return int(match[1]) / 100
+    if name in ("orig", "flip"):
+        return None
+    raise ConfigError(f"tta view {name!r}: expected flip or scale<percent> with percent in 1..99 (e.g. scale90)")

@@ -138,10 +138,18 @@ def test_parse_overrides_keeps_everything_after_the_first_equals():
     ("loss=mse", "expected one of"),
     ("device=tpu", "expected one of"),
     ("fold=5", "fold=5: expected 0..4"),
-    ("age_bounds=60,30", "must increase"),
+    ("age_bounds=60,30", "age_bounds=60,30: expected two increasing whole numbers"),
     ("epochs=0", "epochs=0: must be at least 1"),
     ("batch_size=-1", "batch_size=-1"),
     ("img_size=0", "img_size=0"),
+    ("augment=hflip,rotat", "unknown augmentation 'rotat'; did you mean 'rotate'"),
+    ("tta=flip,zoom", "tta view 'zoom'"),
+    ("tta=scale100", "tta view 'scale100'"),
+    ("lr=0", "lr=0.0: must be more than 0"),
+    ("label_smoothing=1.5", "label_smoothing=1.5: must be at most 1"),
+    ("focal_gamma=-1", "focal_gamma=-1.0: must be at least 0"),
+    ("crop_fallback=1.2", "crop_fallback=1.2: must be at most 1"),
+    ("folds=1", "folds=1: must be at least 2"),
 ])
 def test_validate_rejects(override, message):
     with pytest.raises(ConfigError, match=message):
@@ -165,3 +173,34 @@ def test_saved_config_round_trips(tmp_path):
     save_config(config, path)
     assert config_from_dict(read_yaml(path)) == config
     assert load_config("age", config_file=path) == config
+
+
+def test_a_missing_label_fixes_file_fails_at_load(tmp_path):
+    from maskcls.data import DataError
+
+    with pytest.raises(DataError, match="label-fixes file does not exist"):
+        load_config("mask", [f"label_fixes={tmp_path / 'no_such_fixes.yaml'}"])
+
+
+def test_choices_are_the_registries():
+    from maskcls.config import CHOICES
+    from maskcls.data.crop import CROP_MODES
+    from maskcls.losses import LOSSES
+    from maskcls.tasks import TASKS
+
+    assert CHOICES["task"] == tuple(TASKS) and CHOICES["loss"] == tuple(LOSSES) and CHOICES["crop"] == CROP_MODES
+    assert SPECIALISTS == ("mask", "gender", "age")  # the order of the 18-class label's parts
+
+
+def test_a_bad_value_is_one_line_from_the_cli_before_any_image_is_read(tmp_path):
+    from typer.testing import CliRunner
+
+    from maskcls.cli import app
+
+    missing = tmp_path / "no_data"  # the data folder is never opened: the config is refused first
+    for override in ("augment=hflip,rotat", "tta=zoom", "loss=mse", "age_bounds=60,30"):
+        result = CliRunner().invoke(app, ["train", "mask", override, f"data_dir={missing}", f"project={tmp_path}"])
+        assert result.exit_code == 1, result.output
+        assert result.stderr.startswith("error: ") and len(result.stderr.strip().splitlines()) == 1, result.stderr
+        assert result.exception is None or isinstance(result.exception, SystemExit)
+    assert not (tmp_path / "mask").exists()

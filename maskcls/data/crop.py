@@ -26,10 +26,12 @@ import numpy as np
 import pandas as pd
 from PIL import Image, ImageOps
 
+from ..errors import ConfigError
 from ..io import atomic_path, atomic_write_csv
 from .images import open_rgb
 from .layout import DataError, scan_eval, scan_train
 
+CROP_MODES = ("none", "center", "mtcnn")  # the config's `crop`: whole image, centre crop, cached face crop
 CROP_VERSION = 2  # bump when the crop code changes what it writes: every cached crop is then redone
 MANIFEST_COLUMNS = ("path", "split", "crop", "x1", "y1", "x2", "y2", "prob", "fallback", "pass", "source_hash",
                     "settings_hash")
@@ -313,8 +315,8 @@ class ImageLoader:
     and each builds its own MTCNN (CPU) on first need."""
 
     def __init__(self, mode: str, settings: CropSettings, data_dir: str | Path, cache_dir: str | Path | None):
-        if mode not in ("none", "center", "mtcnn"):
-            raise ValueError(f"crop={mode!r}: expected one of none, center, mtcnn")
+        if mode not in CROP_MODES:
+            raise ConfigError(f"crop={mode!r}: expected one of {', '.join(CROP_MODES)}")
         self.mode, self.settings, self.data_dir = mode, settings, str(data_dir)
         self.cache_dir = str(resolve_cache_dir(data_dir, cache_dir)) if mode == "mtcnn" else ""
         self.settings_hash = settings.digest()  # once: every image's cache entry is checked against it
