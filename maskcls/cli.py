@@ -10,7 +10,7 @@ from typing import Annotated, List, Optional
 import typer
 from typer.core import TyperGroup
 
-from .data.crop import CropSettings
+from .data.faces import CropSettings
 from .data.labels import DEFAULT_AGE_BOUNDS
 from .errors import MaskclsError
 from .tasks import SPECIALISTS, TASKS

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import yaml
 
-from .data.crop import CROP_MODES, CropSettings
+from .data.crop import CROP_MODES
+from .data.faces import CropSettings
 from .data.fixes import load_fixes
 from .data.labels import DEFAULT_AGE_BOUNDS, check_age_bounds
 from .errors import ConfigError

@@ -2,7 +2,7 @@
 classify it, and every face becomes one row; ``annotate`` draws the boxes and labels onto the photo.
 
 A face is always cut out before it is classified, whatever a run's ``crop`` setting: the MTCNN box grown by
-the run's ``crop_margin`` and clipped to the photo (``crop.crop_box``, the code that cut the training crops).
+the run's ``crop_margin`` and clipped to the photo (``faces.crop_box``, the code that cut the training crops).
 A run trained on whole or centre-cropped photos (``crop: none`` / ``center``) therefore sees a tighter framing
 than it trained on, but a group photo is never fed to a classifier whole.
 
@@ -25,7 +25,7 @@ import pandas as pd
 from PIL import Image, ImageDraw, ImageFont
 from torch import nn
 
-from .data.crop import DEFAULT_THRESHOLDS, LOOSE, CropSettings, Face, create_detector, crop_box, detect_faces
+from .data.faces import DEFAULT_THRESHOLDS, LOOSE, CropSettings, Face, create_detector, crop_box, detect_faces
 from .data.dataset import build_dataset
 from .data.images import PHOTO_SUFFIXES, open_rgb
 from .data.labels import class_name, encode

@@ -18,7 +18,7 @@ from typer.testing import CliRunner
 
 from maskcls.cli import app
 from maskcls.config import load_config
-from maskcls.data.crop import Face
+from maskcls.data.faces import Face
 from maskcls.detect import COLUMNS, MASK_COLOURS, DetectSettings, Specialist, classify, face_crops
 from maskcls.engine import Engine
 from maskcls.infer import load_run

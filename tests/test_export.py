@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 import torch
 
-from maskcls.data.crop import Face
+from maskcls.data.faces import Face
 from maskcls.detect import DetectSettings, Specialist, classify, load_specialists
 from maskcls.engine import Engine
 from maskcls.errors import ExportError
