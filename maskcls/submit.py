@@ -160,7 +160,8 @@ def make_submission(runs: dict[str, list[Path]], out: Path, data_dir: Path | Non
                     bias_option: str | None = None, which: str = "best", device: str = "auto") -> list[str]:
     """``maskcls submit``: predict eval with each task's runs (probability CSVs into the run folders),
     combine with the tuned bias when there is one, write ``out`` atomically. Returns the lines to print."""
-    from .combine import answer_counts, predictions_from_table, resolve_bias, submission, write_submission
+    from .bias import resolve_bias
+    from .combine import answer_counts, predictions_from_table, submission, write_submission
 
     data_dir = Path(data_dir) if data_dir else common_data_dir([r for rs in runs.values() for r in rs], which)
     # settle the bias before the slow part, so a bad --bias fails at once
