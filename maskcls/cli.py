@@ -40,7 +40,12 @@ export_app = typer.Typer(no_args_is_help=True, help="Export trained runs for dep
 app.add_typer(export_app, name="export")
 
 
-TaskName = Enum("TaskName", {name: name for name in TASKS}, type=str)  # --help lists the task table's names
+def choices(name: str, values) -> type[Enum]:
+    """A str Enum of ``values``: typer lists them in --help and refuses any other word in one line."""
+    return Enum(name, {value: value for value in values}, type=str)
+
+
+TaskName = choices("TaskName", TASKS)  # the task table's names
 
 
 @data_app.command("check")
@@ -164,24 +169,10 @@ def demo(
 
 # --- predict, combine, submit, evaluate, compare --------------------------------------------------
 
-class SplitName(str, Enum):
-    eval = "eval"
-    val = "val"
-
-
-class VoteName(str, Enum):
-    soft = "soft"
-    hard = "hard"
-
-
-class Checkpoint(str, Enum):
-    best = "best"
-    last = "last"
-
-
-class EngineName(str, Enum):
-    torch = "torch"
-    onnx = "onnx"
+SplitName = choices("SplitName", ("eval", "val"))
+VoteName = choices("VoteName", ("soft", "hard"))
+Checkpoint = choices("Checkpoint", ("best", "last"))
+EngineName = choices("EngineName", ("torch", "onnx"))
 
 
 # options shared by the commands that load trained runs (submit, detect, export onnx)
