@@ -134,7 +134,7 @@ def test_age_band_thresholds(age, bounds, band):
 
 def test_age_band_defaults_and_arrays():
     np.testing.assert_array_equal(age_band(np.array([29, 30, 59, 60, 75])), [0, 1, 1, 2, 2])
-    with pytest.raises(ValueError, match="increase"):
+    with pytest.raises(ValueError, match="two increasing whole numbers"):
         age_band(40, (60, 30))
 
 
