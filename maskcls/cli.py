@@ -24,6 +24,11 @@ class TaskName(str, Enum):
     joint = "joint"
 
 
+class ProfileName(str, Enum):  # maskcls.config.PROFILES
+    cpu = "cpu"
+    gpu = "gpu"
+
+
 def fail(message: str) -> None:
     """One line on stderr, exit code 1."""
     typer.echo(f"error: {message}", err=True)
@@ -97,10 +102,14 @@ def train(
     overrides: Annotated[Optional[List[str]], typer.Argument(help="key=value config overrides, e.g. lr=3e-4 epochs=4.")] = None,
     resume: Annotated[Optional[Path], typer.Option(help="Run folder to continue from its last.pt.")] = None,
     config_file: Annotated[Optional[Path], typer.Option("--config", help="YAML to use instead of configs/<task>.yaml.")] = None,
+    profile: Annotated[ProfileName, typer.Option(help="cpu: configs/<task>.yaml, the measured CPU recipe; gpu: "
+                                                      "configs/gpu/<task>.yaml (EfficientNet-B3, untested).")] = ProfileName.cpu,
+    print_config: Annotated[bool, typer.Option("--print-config", help="Print the resolved config (the run folder's "
+                                                                      "config.yaml) and exit; reads no data.")] = False,
 ):
     """Train one specialist on the shared engine; writes runs/<task>/<name>/."""
     from .checkpoint import CheckpointError, checkpoint_config, load_checkpoint
-    from .config import ConfigError, load_config, merge, parse_overrides, validate
+    from .config import ConfigError, config_yaml, load_config, merge, parse_overrides, validate
     from .data import DataError
     from .engine import fit
     from .models import WeightsError
@@ -111,7 +120,10 @@ def train(
             config = merge(config, parse_overrides(overrides or []), "command line")
             validate(config)
         else:
-            config = load_config(task.value, overrides or [], config_file)
+            config = load_config(task.value, overrides or [], config_file, profile.value)
+        if print_config:
+            typer.echo(config_yaml(config), nl=False)
+            return
         run_dir = fit(config, resume=resume)
     except (ConfigError, DataError, WeightsError, CheckpointError) as err:
         fail(str(err))
@@ -150,7 +162,7 @@ def demo(
 ):
     """The main job on built-in sample data: generate, check, summarise, train the three specialists, submit, score."""
     faces, runs = out_dir / "faces", out_dir / "runs"
-    tiny = ["backbone=test_efficientnet", "pretrained=none", "img_size=48", "batch_size=16", "lr=3e-3",
+    tiny = ["backbone=test_efficientnet", "pretrained=none", "crop=none", "img_size=48", "batch_size=16", "lr=3e-3",
             f"epochs={epochs}", "folds=4", f"data_dir={faces}", f"project={runs}", "name=demo"]
     steps = [["data", "sample", str(faces), "--people", "60", "--eval-people", "20"],
              ["data", "check", str(faces)],

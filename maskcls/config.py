@@ -34,7 +34,8 @@ class Config:
     crop_cache: str = ""  # "" -> <data_dir parent>/.maskcls_cache/<data_dir name> (~/.cache/maskcls/... if read-only)
     # model
     backbone: str = "tf_efficientnet_lite0"  # any timm model name
-    pretrained: str = "none"  # none | timm | efficientnet-lite0/1/2 | path to a state dict
+    # auto: the offline efficientnet-liteN package for tf_efficientnet_liteN, else timm's download when online
+    pretrained: str = "auto"  # auto | none | timm | efficientnet-lite0/1/2 | path to a state dict
     img_size: int = 224
     drop_rate: float = 0.2
     freeze_backbone: bool = False
@@ -55,7 +56,11 @@ class Config:
     epochs: int = 10
     batch_size: int = 64
     sampler: str = "none"  # none | weighted (inverse class frequency)
-    augment: tuple[str, ...] = ("hflip",)  # names from maskcls.transforms.AUGMENTATIONS
+    # names from maskcls.transforms.AUGMENTATIONS, or albumentations transforms: {Rotate: {limit: 15, p: 0.5}}
+    augment: tuple[str, ...] = ("hflip",)
+    mixup: float = 0.0  # > 0: timm Mixup on training batches with this Beta alpha (0 = off)
+    cutmix: float = 0.0  # > 0: timm CutMix with this Beta alpha (0 = off); both on: each batch one, at random
+    mixup_prob: float = 1.0  # share of batches mixed when mixup or cutmix is on
     # validation: a person-level fold, or none (train on everything for a fixed number of epochs)
     val: str = "fold"  # fold | none
     fold: int = 0
@@ -73,7 +78,11 @@ class Config:
     tta: tuple[str, ...] = ("flip",)  # views averaged by `submit --tta`: flip, scale<percent> (e.g. scale90)
 
     def to_dict(self) -> dict:
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
+        from .transforms import augment_value
+
+        values = {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
+        values["augment"] = [augment_value(entry) for entry in self.augment]  # mappings as written in YAML
+        return values
 
 
 FIELDS = {f.name: f for f in dataclasses.fields(Config)}
@@ -91,16 +100,24 @@ def _coerce(key: str, value, source: str):
             value = yaml.safe_load(value)
     try:
         if origin is tuple:
-            if isinstance(value, str):
+            if isinstance(value, (str, dict)):  # one entry (an augment entry may be a mapping)
                 value = [value]
             item_type = typing.get_args(kind)[0]
-            value = tuple(_scalar(item_type, v) for v in value)
+            value = tuple(_item(key, item_type, v) for v in value)
             if typing.get_args(kind)[-1] is not Ellipsis and len(value) != len(typing.get_args(kind)):
                 raise ValueError(f"needs {len(typing.get_args(kind))} values")
             return value
         return _scalar(kind, value)
     except (TypeError, ValueError) as err:
         raise ConfigError(f"{source}: {key}={value!r} is not a valid {getattr(kind, '__name__', kind)} ({err})") from None
+
+
+def _item(key: str, kind, value):
+    if key == "augment":  # a name, or an albumentations transform with its arguments (maskcls.transforms)
+        from .transforms import augment_entry
+
+        return augment_entry(value)
+    return _scalar(kind, value)
 
 
 def _scalar(kind, value):
@@ -160,9 +177,21 @@ def read_yaml(path: Path) -> dict:
     return values
 
 
-def load_config(task: str, overrides: typing.Iterable[str] | dict = (), config_file: Path | None = None) -> Config:
-    """Defaults, then ``configs/<task>.yaml`` (or ``config_file``), then ``key=value`` overrides."""
-    path = Path(config_file) if config_file else CONFIG_DIR / f"{task}.yaml"
+PROFILES = ("cpu", "gpu")  # cpu: configs/<task>.yaml, the measured CPU recipe; gpu: configs/gpu/<task>.yaml
+
+
+def config_path(task: str, profile: str = "cpu") -> Path:
+    """The shipped YAML of ``task`` in ``profile``."""
+    if profile not in PROFILES:
+        raise ConfigError(f"profile {profile!r}: expected one of {', '.join(PROFILES)}")
+    return CONFIG_DIR / f"{task}.yaml" if profile == "cpu" else CONFIG_DIR / profile / f"{task}.yaml"
+
+
+def load_config(task: str, overrides: typing.Iterable[str] | dict = (), config_file: Path | None = None,
+                profile: str = "cpu") -> Config:
+    """Defaults, then ``configs/<task>.yaml`` (``configs/<profile>/<task>.yaml``, or ``config_file``), then
+    ``key=value`` overrides."""
+    path = Path(config_file) if config_file else config_path(task, profile)
     config = merge(Config(task=task), read_yaml(path), str(path))
     values = overrides if isinstance(overrides, dict) else parse_overrides(overrides)
     config = merge(config, values, "command line")
@@ -201,12 +230,27 @@ def validate(config: Config) -> None:
     for key in ("epochs", "batch_size", "img_size"):
         if getattr(config, key) < 1:
             raise ConfigError(f"{key}={getattr(config, key)}: must be at least 1")
+    for key in ("mixup", "cutmix"):
+        if getattr(config, key) < 0:
+            raise ConfigError(f"{key}={getattr(config, key)}: must be 0 (off) or more")
+    if not 0 <= config.mixup_prob <= 1:
+        raise ConfigError(f"mixup_prob={config.mixup_prob}: expected 0..1")
+    if (config.mixup > 0 or config.cutmix > 0) and config.batch_size % 2:
+        raise ConfigError(f"batch_size={config.batch_size}: mixup / cutmix pair the images of a batch, use an even size")
+    from .transforms import check_augment
+
+    check_augment(config.augment)
+
+
+def config_yaml(config: Config) -> str:
+    """The config as written to a run folder's config.yaml (and printed by ``train --print-config``)."""
+    return yaml.safe_dump(config.to_dict(), sort_keys=False)
 
 
 def save_config(config: Config, path: Path) -> None:
     from .io import atomic_write_text
 
-    atomic_write_text(path, yaml.safe_dump(config.to_dict(), sort_keys=False))
+    atomic_write_text(path, config_yaml(config))
 
 
 def config_from_dict(values: dict) -> Config:
