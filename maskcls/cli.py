@@ -162,7 +162,8 @@ def demo(
 ):
     """The main job on built-in sample data: generate, check, summarise, train the three specialists, submit, score."""
     faces, runs = out_dir / "faces", out_dir / "runs"
-    tiny = ["backbone=test_efficientnet", "pretrained=none", "crop=none", "img_size=48", "batch_size=16", "lr=3e-3",
+    tiny = ["backbone=test_efficientnet", "pretrained=none", "crop=none", "warmup_epochs=1", "img_size=48",
+            "batch_size=16", "lr=3e-3",
             f"epochs={epochs}", "folds=4", f"data_dir={faces}", f"project={runs}", "name=demo"]
     steps = [["data", "sample", str(faces), "--people", "60", "--eval-people", "20"],
              ["data", "check", str(faces)],

@@ -247,7 +247,7 @@ def lr_factor(step: int, steps_per_epoch: int, config: Config) -> float:
     """Multiplier of the base lr after ``step`` optimizer steps: linear warm-up, then cosine or step decay."""
     warmup_steps = config.warmup_epochs * steps_per_epoch
     if step < warmup_steps:
-        return (step + 1) / warmup_steps
+        return min(1.0, (step + 1) / warmup_steps)  # a warm-up shorter than one step never overshoots the lr
     if config.scheduler == "step":
         return config.step_gamma ** ((step // steps_per_epoch) // config.step_epochs)
     total_steps = config.epochs * steps_per_epoch

@@ -195,6 +195,8 @@ def test_warmup_then_cosine_and_step_schedules():
     assert lr_factor(10, 10, config) == pytest.approx(1.0)
     assert lr_factor(55, 10, config) == pytest.approx(0.5)
     assert lr_factor(99, 10, config) < 0.01
+    short = dataclasses.replace(config, warmup_epochs=0.3)  # the recipes' 0.3 epoch, on a 1-step epoch
+    assert lr_factor(0, 1, short) == pytest.approx(1.0) and lr_factor(5, 100, short) == pytest.approx(6 / 30)
     step = dataclasses.replace(config, scheduler="step", step_epochs=3, step_gamma=0.5)
     assert [lr_factor(s * 10, 10, step) for s in (1, 3, 6)] == pytest.approx([1.0, 0.5, 0.25])
 
