@@ -46,6 +46,7 @@ def choices(name: str, values) -> type[Enum]:
 
 
 TaskName = choices("TaskName", TASKS)  # the task table's names
+ProfileName = choices("ProfileName", ("cpu", "gpu"))  # maskcls.config.PROFILES (config imports torch; --help should not)
 
 
 @data_app.command("check")
@@ -107,10 +108,14 @@ def train(
     overrides: Annotated[Optional[List[str]], typer.Argument(help="key=value config overrides, e.g. lr=3e-4 epochs=4.")] = None,
     resume: Annotated[Optional[Path], typer.Option(help="Run folder to continue from its last.pt.")] = None,
     config_file: Annotated[Optional[Path], typer.Option("--config", help="YAML to use instead of configs/<task>.yaml.")] = None,
+    profile: Annotated[ProfileName, typer.Option(help="cpu: configs/<task>.yaml, the measured CPU recipe; gpu: "
+                                                      "configs/gpu/<task>.yaml (EfficientNet-B3, untested).")] = ProfileName.cpu,
+    print_config: Annotated[bool, typer.Option("--print-config", help="Print the resolved config (the run folder's "
+                                                                      "config.yaml) and exit; reads no data.")] = False,
 ):
     """Train one specialist on the shared engine; writes runs/<task>/<name>/."""
     from .checkpoint import checkpoint_config, load_checkpoint
-    from .config import load_config, merge, parse_overrides, validate
+    from .config import config_yaml, load_config, merge, parse_overrides, validate
     from .engine import fit
 
     if resume:
@@ -118,7 +123,10 @@ def train(
         config = merge(config, parse_overrides(overrides or []), "command line")
         validate(config)
     else:
-        config = load_config(task.value, overrides or [], config_file)
+        config = load_config(task.value, overrides or [], config_file, profile.value)
+    if print_config:
+        typer.echo(config_yaml(config), nl=False)
+        return
     run_dir = fit(config, resume=resume)
     if os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 alone reports
         typer.echo(f"run folder: {run_dir}")
@@ -151,7 +159,8 @@ def demo(
 ):
     """The main job on built-in sample data: generate, check, summarise, train the three specialists, submit, score."""
     faces, runs = out_dir / "faces", out_dir / "runs"
-    tiny = ["backbone=test_efficientnet", "pretrained=none", "img_size=48", "batch_size=16", "lr=3e-3",
+    tiny = ["backbone=test_efficientnet", "pretrained=none", "crop=none", "warmup_epochs=1", "img_size=48",
+            "batch_size=16", "lr=3e-3",
             f"epochs={epochs}", "folds=4", f"data_dir={faces}", f"project={runs}", "name=demo"]
     steps = [["data", "sample", str(faces), "--people", "60", "--eval-people", "20"],
              ["data", "check", str(faces)],

@@ -25,9 +25,10 @@ from .data.dataset import ImageDataset, build_dataset, seed_worker
 from .data.samplers import DistributedWeightedSampler, ShardedSampler
 from .losses import build_loss
 from .metrics import accuracy, confusion, macro_f1
-from .models import build_model, model_mean_std
+from .models import build_model, model_mean_std, resolve_pretrained
 from .progress import progress
 from .tasks import get_task
+from .transforms import build_mixup
 
 
 def pick_device(name: str = "auto") -> torch.device:
@@ -187,12 +188,16 @@ class Engine:
         return values[0]
 
 
-def train_one_epoch(model, loader, loss_fn, optimizer, scheduler, engine: Engine, desc: str = "train") -> dict:
+def train_one_epoch(model, loader, loss_fn, optimizer, scheduler, engine: Engine, desc: str = "train",
+                    mix=None) -> dict:
+    """One pass over ``loader``; ``mix`` (transforms.build_mixup), when given, mixes each batch and its targets."""
     model.train()
     total_loss, seen, start = 0.0, 0, time.perf_counter()
     bar = progress(loader, desc=desc, disable=None if engine.is_main else True)
     for images, targets in bar:
         images, targets = engine.to_device(images, targets)
+        if mix is not None:
+            images, targets = mix(images, targets)
         with engine.autocast():
             loss = loss_fn(model(images), targets)
         if not torch.isfinite(loss):
@@ -242,7 +247,7 @@ def lr_factor(step: int, steps_per_epoch: int, config: Config) -> float:
     """Multiplier of the base lr after ``step`` optimizer steps: linear warm-up, then cosine or step decay."""
     warmup_steps = config.warmup_epochs * steps_per_epoch
     if step < warmup_steps:
-        return (step + 1) / warmup_steps
+        return min(1.0, (step + 1) / warmup_steps)  # a warm-up shorter than one step never overshoots the lr
     if config.scheduler == "step":
         return config.step_gamma ** ((step // steps_per_epoch) // config.step_epochs)
     total_steps = config.epochs * steps_per_epoch
@@ -304,11 +309,15 @@ def fit(config: Config, resume: Path | None = None) -> Path:
         engine.close()
         return Path(resume)
     # on resume the weights come from last.pt: never fetch or map pretrained ones again
-    model = build_model(config if state is None else dataclasses.replace(config, pretrained="none"))
+    weights = "none" if state is not None else resolve_pretrained(config.backbone, config.pretrained)
+    if engine.is_main and state is None:
+        print(f"{config.task}: {config.backbone}, weights {weights} (pretrained={config.pretrained})", flush=True)
+    model = build_model(dataclasses.replace(config, pretrained=weights))
     mean, std = model_mean_std(model)
     data = build_datasets(config, mean, std)
     model = engine.setup_model(model)
     loss_fn = build_loss(config, task.num_classes, data.class_counts).to(engine.device)
+    mix = build_mixup(config, task.num_classes)
     optimizer = build_optimizer(config, model)
     train_loader = engine.loader(data.train, config.batch_size, train=True, seed=config.seed,
                                  sample_weights=data.sample_weights)
@@ -338,7 +347,8 @@ def fit(config: Config, resume: Path | None = None) -> Path:
         data.train.transform.set_random_seed(engine.rank_seed(config.seed + epoch))
         lr = optimizer.param_groups[0]["lr"]
         row = {"epoch": epoch, "lr": lr, **train_one_epoch(model, train_loader, loss_fn, optimizer, scheduler,
-                                                           engine, desc=f"{config.task} {epoch + 1}/{config.epochs}")}
+                                                           engine, desc=f"{config.task} {epoch + 1}/{config.epochs}",
+                                                           mix=mix)}
         improved = val_loader is None
         if val_loader is not None:
             val = evaluate(model, val_loader, loss_fn, engine, task.num_classes)

@@ -25,7 +25,7 @@ from maskcls.infer import build_views, predict_probs, tta_views
 from maskcls.submit import vote
 
 runner = CliRunner()
-TINY = ["backbone=test_efficientnet", "img_size=32", "batch_size=8", "folds=3", "preload=false"]
+TINY = ["backbone=test_efficientnet", "pretrained=none", "crop=none", "img_size=32", "batch_size=8", "folds=3", "preload=false"]
 
 
 def run(*args):
