@@ -338,6 +338,8 @@ def detect(
     min_prob: Annotated[float, typer.Option(help="MTCNN probability a face needs for a row (lower finds more masked "
                                                   "faces and more false boxes on textures).")] = 0.9,
     min_face: Annotated[int, typer.Option(help="Smallest face MTCNN looks for, in pixels.")] = 20,
+    max_side: Annotated[int, typer.Option(min=0, help="MTCNN looks at a copy of each photo shrunk to this longer "
+                                                      "side (0: full size); faces are cut from the original.")] = 1600,
     second_pass: Annotated[bool, typer.Option(help="Also run MTCNN's looser pass, which finds most masked faces the "
                                                    "first misses (boxes repeating a found face are dropped).")] = True,
     tta: Annotated[bool, typer.Option(help="Average the original, flipped and config `tta` views of each face.")] = False,
@@ -354,8 +356,8 @@ def detect(
     from .detect import DetectSettings, run_detect
 
     passes = DetectSettings.passes if second_pass else DetectSettings.passes[:1]
-    settings = DetectSettings(min_prob=min_prob, passes=passes, min_face_size=min_face, tta=tta, runtime=engine.value,
-                              device=device)
+    settings = DetectSettings(min_prob=min_prob, passes=passes, min_face_size=min_face, max_side=max_side, tta=tta,
+                              runtime=engine.value, device=device)
     try:
         runs = _specialist_runs(mask, age, gender, project, which.value)
         result, path = run_detect(photos, runs, out, settings, which.value, annotate)

@@ -546,3 +546,13 @@ def test_a_file_given_as_the_dataset_is_called_a_file(tmp_path):
     path = tmp_path / "faces.zip"
     path.write_bytes(b"PK")
     assert [str(p) for p in check_dataset(path)] == [f"{path}: is a file, not a dataset folder (train/ and eval/)"]
+
+
+def test_open_rgb_refuses_more_pixels_than_pil_allows_before_decoding(tmp_path, monkeypatch):
+    from PIL import Image
+
+    path = tmp_path / "poster.png"
+    Image.new("RGB", (64, 48)).save(path)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # PIL refuses over twice this: 3072 pixels is
+    with pytest.raises(DataError, match=rf"^{path}: not decoded, a possible decompression bomb \(.*3072 pixels"):
+        open_rgb(path)
