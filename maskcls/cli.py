@@ -188,6 +188,11 @@ class EngineName(str, Enum):
     onnx = "onnx"
 
 
+class BadImage(str, Enum):
+    fail = "fail"
+    fallback = "fallback"
+
+
 # options shared by the commands that load trained runs (submit, detect, export onnx)
 MaskRuns = Annotated[Optional[List[Path]], typer.Option(help="Mask run; repeatable (default: newest in <project>/mask).")]
 AgeRuns = Annotated[Optional[List[Path]], typer.Option(help="Age run; repeatable (default: newest in <project>/age).")]
@@ -276,6 +281,9 @@ def submit(
     project: ProjectDir = Path("runs"),
     which: WhichCheckpoint = Checkpoint.best,
     device: DeviceName = "auto",
+    on_bad_image: Annotated[BadImage, typer.Option(help="An eval image that does not decode: fail (write nothing), "
+                                                        "or fallback (answer it with the most frequent class of the "
+                                                        "others, and warn).")] = BadImage.fail,
 ):
     """Predict eval with the best checkpoint of each task and combine them into the 18-class submission CSV.
 
@@ -285,13 +293,14 @@ def submit(
 
     try:
         if joint:
-            typer.echo("\n".join(make_joint_submission(joint, out, data_dir, tta, which.value, device)))
-            return
-        runs = _specialist_runs(mask, age, gender, project, which.value)
-        lines = make_submission(runs, out, data_dir, tta, bias, which.value, device)
+            lines = make_joint_submission(joint, out, data_dir, tta, which.value, device, on_bad_image.value)
+        else:
+            runs = _specialist_runs(mask, age, gender, project, which.value)
+            lines = make_submission(runs, out, data_dir, tta, bias, which.value, device, on_bad_image.value)
     except _input_errors() as err:
         fail(str(err))
-    typer.echo("\n".join(lines))
+    for line in lines:
+        typer.echo(line, err=line.startswith("warning:"))
 
 
 @app.command()
