@@ -184,6 +184,9 @@ Checkpoint = choices("Checkpoint", ("best", "last"))
 EngineName = choices("EngineName", ("torch", "onnx"))
 
 
+BadImage = choices("BadImage", ("fail", "fallback"))
+
+
 # options shared by the commands that load trained runs (submit, detect, export onnx)
 MaskRuns = Annotated[Optional[List[Path]], typer.Option(help="Mask run; repeatable (default: newest in <project>/mask).")]
 AgeRuns = Annotated[Optional[List[Path]], typer.Option(help="Age run; repeatable (default: newest in <project>/age).")]
@@ -256,6 +259,9 @@ def submit(
     project: ProjectDir = Path("runs"),
     which: WhichCheckpoint = Checkpoint.best,
     device: DeviceName = "auto",
+    on_bad_image: Annotated[BadImage, typer.Option(help="An eval image that does not decode: fail (write nothing), "
+                                                        "or fallback (answer it with the most frequent class of the "
+                                                        "others, and warn).")] = BadImage.fail,
 ):
     """Predict eval with the best checkpoint of each task and combine them into the 18-class submission CSV.
 
@@ -264,11 +270,12 @@ def submit(
     from .submit import make_joint_submission, make_submission
 
     if joint:
-        typer.echo("\n".join(make_joint_submission(joint, out, data_dir, tta, which.value, device)))
-        return
-    runs = _specialist_runs(mask, age, gender, project, which.value)
-    lines = make_submission(runs, out, data_dir, tta, bias, which.value, device)
-    typer.echo("\n".join(lines))
+        lines = make_joint_submission(joint, out, data_dir, tta, which.value, device, on_bad_image.value)
+    else:
+        runs = _specialist_runs(mask, age, gender, project, which.value)
+        lines = make_submission(runs, out, data_dir, tta, bias, which.value, device, on_bad_image.value)
+    for line in lines:
+        typer.echo(line, err=line.startswith("warning:"))
 
 
 @app.command()
@@ -309,6 +316,8 @@ def detect(
     min_prob: Annotated[float, typer.Option(help="MTCNN probability a face needs for a row (lower finds more masked "
                                                   "faces and more false boxes on textures).")] = 0.9,
     min_face: Annotated[int, typer.Option(help="Smallest face MTCNN looks for, in pixels.")] = 20,
+    max_side: Annotated[int, typer.Option(min=0, help="MTCNN looks at a copy of each photo shrunk to this longer "
+                                                      "side (0: full size); faces are cut from the original.")] = 1600,
     second_pass: Annotated[bool, typer.Option(help="Also run MTCNN's looser pass, which finds most masked faces the "
                                                    "first misses (boxes repeating a found face are dropped).")] = True,
     tta: Annotated[bool, typer.Option(help="Average the original, flipped and config `tta` views of each face.")] = False,
@@ -325,8 +334,8 @@ def detect(
     from .detect import DetectSettings, run_detect
 
     passes = DetectSettings.passes if second_pass else DetectSettings.passes[:1]
-    settings = DetectSettings(min_prob=min_prob, passes=passes, min_face_size=min_face, tta=tta, runtime=engine.value,
-                              device=device)
+    settings = DetectSettings(min_prob=min_prob, passes=passes, min_face_size=min_face, max_side=max_side, tta=tta,
+                              runtime=engine.value, device=device)
     runs = _specialist_runs(mask, age, gender, project, which.value)
     result, path = run_detect(photos, runs, out, settings, which.value, annotate)
     for message in result.unreadable:

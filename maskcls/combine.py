@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -101,16 +102,13 @@ def align(predictions: dict[str, Predictions]) -> dict[str, Predictions]:
     if missing:
         raise DataError(f"missing predictions for {', '.join(missing)}")
     first = predictions["mask"]
+    for other in predictions.values():
+        if other.split != first.split:
+            raise DataError(f"{other.path}: holds {other.split} predictions, {first.path} {first.split} ones")
+    _refuse_odd_table([predictions[task] for task in SPECIALISTS])
     aligned = {}
     for task in SPECIALISTS:
         other = predictions[task]
-        if other.split != first.split:
-            raise DataError(f"{other.path}: holds {other.split} predictions, {first.path} {first.split} ones")
-        extra = sorted(set(other.keys) - set(first.keys))
-        absent = sorted(set(first.keys) - set(other.keys))
-        if extra or absent:
-            raise DataError(f"{other.path}: does not cover the images of {first.path}: {len(absent)} missing"
-                            f"{_examples(absent)}, {len(extra)} extra{_examples(extra)}")
         aligned[task] = other.reindexed(first.keys)
         if first.split == "val" and first.label is not None and aligned[task].label is not None \
                 and (aligned[task].label != first.label).any():
@@ -118,6 +116,20 @@ def align(predictions: dict[str, Predictions]) -> dict[str, Predictions]:
             raise DataError(f"{other.path}: label of {first.keys[where]} disagrees with {first.path} "
                             f"(runs with different label_fixes?)")
     return aligned
+
+
+def _refuse_odd_table(tables: Sequence[Predictions]) -> None:
+    """The tables must hold the same images. When they do not, the majority decides which is at fault: a table
+    lacking an image the others hold, or holding one they lack, is the one the message names."""
+    keysets = [set(p.keys) for p in tables]
+    counts = Counter(key for keys in keysets for key in keys)
+    for table, keys in zip(tables, keysets):
+        lacks = sorted(key for key, n in counts.items() if key not in keys and n > len(tables) / 2)
+        extra = sorted(key for key in keys if counts[key] < len(tables) / 2)
+        if lacks:
+            raise DataError(f"{table.path}: lacks {len(lacks)} image(s) the other tables hold{_examples(lacks)}")
+        if extra:
+            raise DataError(f"{table.path}: holds {len(extra)} image(s) the other tables lack{_examples(extra)}")
 
 
 def _examples(keys: Sequence[str], count: int = 3) -> str:

@@ -25,8 +25,9 @@ import pandas as pd
 from PIL import Image, ImageDraw, ImageFont
 from torch import nn
 
-from .data.faces import DEFAULT_THRESHOLDS, LOOSE, CropSettings, Face, create_detector, crop_box, detect_faces
 from .data.dataset import build_dataset
+from .data.faces import (DEFAULT_THRESHOLDS, LOOSE, CropSettings, Face, create_detector, crop_box, detect_faces,
+                         face_in_image)
 from .data.images import PHOTO_SUFFIXES, open_rgb
 from .data.labels import class_name, encode
 from .data.layout import DataError
@@ -52,6 +53,10 @@ class DetectSettings:
     # eyes and whole-head boxes, which are dropped as repeats of a face the first pass found (MAX_OVERLAP).
     passes: tuple[tuple[float, float, float], ...] = (DEFAULT_THRESHOLDS, LOOSE)
     min_face_size: int = 20  # pixels: the smallest face MTCNN's image pyramid looks for
+    # MTCNN looks at a copy whose longer side is at most this (0: the photo as is): its pyramid's time and
+    # memory grow with the area (a 10000 x 10000 photo took minutes and 8 GB). Faces are cut from the original;
+    # a face under min_face_size x (longer side / max_side) pixels of the original is missed.
+    max_side: int = 1600
     tta: bool = False
     runtime: str = "torch"  # torch | onnx (the runs' exported <which>.onnx)
     device: str = "auto"
@@ -121,14 +126,28 @@ def load_specialists(runs: dict[str, Sequence[str | Path]], which: str = "best",
 
 # --- crops and classification -----------------------------------------------------------------------
 
-def find_faces(images: Sequence[Image.Image], detectors: Sequence, min_prob: float) -> list[list[Face]]:
+def find_faces(images: Sequence[Image.Image], detectors: Sequence, min_prob: float,
+               max_side: int = 0) -> list[list[Face]]:
     """Every face of each image at ``min_prob`` or above, left to right: the first detector's faces, then each
-    later detector's that do not repeat one already found."""
+    later detector's that do not repeat one already found. Detected on ``detection_copy`` (``max_side``),
+    boxes in the image's own pixels."""
+    copies = [detection_copy(image, max_side) for image in images]
     found: list[list[Face]] = [[] for _ in images]
     for detector in detectors:
-        for kept, faces in zip(found, detect_faces(list(images), detector, min_prob)):
+        for kept, faces, image, copy in zip(found, detect_faces(copies, detector, min_prob), images, copies):
+            faces = [face_in_image(face, "image", image.size, copy.size) for face in faces]
             kept += [face for face in faces if all(_overlap(face.box, other.box) <= MAX_OVERLAP for other in kept)]
     return [sorted(faces, key=lambda face: (face.box[0], face.box[1])) for faces in found]
+
+
+def detection_copy(image: Image.Image, max_side: int) -> Image.Image:
+    """``image`` shrunk so that its longer side is ``max_side`` (as it is when already smaller, or ``max_side``
+    is 0)."""
+    if not max_side or max(image.size) <= max_side:
+        return image
+    scale = max_side / max(image.size)
+    size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
+    return image.resize(size, Image.BILINEAR, reducing_gap=2.0)  # reducing_gap: a fast box pre-shrink
 
 
 def _overlap(a: Sequence[float], b: Sequence[float]) -> float:
@@ -252,7 +271,8 @@ def detect_photos(paths: Sequence[str | Path], specialists: Sequence[Specialist]
                 loaded.append((path, name, open_rgb(path)))
             except DataError as err:
                 result.unreadable.append(str(err))
-        found = find_faces([image for _, _, image in loaded], detectors, settings.min_prob) if loaded else []
+        found = find_faces([image for _, _, image in loaded], detectors, settings.min_prob,
+                           settings.max_side) if loaded else []
         pairs = [(image, faces) for (_, _, image), faces in zip(loaded, found)]
         probs = {s.task: classify(s, pairs, settings, engine) for s in specialists} if any(found) else {}
         start = 0

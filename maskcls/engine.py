@@ -296,7 +296,7 @@ def build_datasets(config: Config, mean, std) -> TrainData:
 
 def fit(config: Config, resume: Path | None = None) -> Path:
     """Train ``config.task`` and return the run folder; with ``resume``, continue from its last.pt."""
-    from .checkpoint import load_checkpoint, next_run_dir, save_checkpoint
+    from .checkpoint import claim_run_dir, load_checkpoint, save_checkpoint
     from .run_log import RunLog
 
     task = get_task(config.task)
@@ -324,8 +324,11 @@ def fit(config: Config, resume: Path | None = None) -> Path:
     scheduler = build_scheduler(config, optimizer, len(train_loader))
     val_loader = engine.loader(data.val, config.batch_size, train=False) if data.val is not None else None
 
-    run_dir = Path(resume) if resume else next_run_dir(Path(config.project), config.task, config.name)
-    run_dir = engine.broadcast(run_dir)  # rank 0's choice: the folders other nodes see may differ
+    if resume:
+        run_dir = Path(resume)
+    else:  # rank 0 claims the folder, the others take its word: the folders other nodes see may differ
+        claimed = claim_run_dir(Path(config.project), config.task, config.name) if engine.is_main else None
+        run_dir = engine.broadcast(claimed)
     start_epoch, best_f1 = 0, -1.0
     if state is not None:
         _unwrap(model).load_state_dict(state["model"])

@@ -119,8 +119,8 @@ def _drop_class_column(path):
 
 
 @pytest.mark.parametrize("task,edit,message", [
-    ("age", _drop_row, "does not cover the images of"),
-    ("gender", _add_row, "1 extra (e.g. stranger.jpg)"),
+    ("age", _drop_row, "lacks 1 image(s) the other tables hold"),
+    ("gender", _add_row, "holds 1 image(s) the other tables lack (e.g. stranger.jpg)"),
     ("mask", _duplicate_row, "duplicated ImageID"),
     ("age", _not_probabilities, "are not probabilities"),
     ("age", _drop_class_column, "a age prediction has 3"),
@@ -259,3 +259,17 @@ def test_bad_bias_files_are_refused_naming_the_file(tmp_path):
         load_bias(path)
     with pytest.raises(DataError, match="does not exist"):
         load_bias(tmp_path / "missing.yaml")
+
+
+@pytest.mark.parametrize("short", ["mask", "age", "gender"])
+def test_the_table_missing_a_row_is_the_one_named(eval_files, sample_dataset, tmp_path, short):
+    """Whichever of the three lacks an image, the message names that file (the first table included)."""
+    paths, info, _ = eval_files
+    dropped = info["ImageID"].iloc[3]
+    edit = pd.read_csv(paths[short], dtype={"ImageID": str})
+    edit[edit["ImageID"] != dropped].to_csv(paths[short], index=False)
+    result = run("combine", paths["mask"], paths["age"], paths["gender"], "--data-dir", sample_dataset)
+    assert result.exit_code == 1 and len(result.stderr.strip().splitlines()) == 1
+    assert result.stderr.startswith(f"error: {paths[short]}: ") and dropped in result.stderr
+    for other in set(paths) - {short}:
+        assert not result.stderr.startswith(f"error: {paths[other]}")

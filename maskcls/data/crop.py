@@ -18,7 +18,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import pandas as pd
 from PIL import Image
@@ -187,16 +187,16 @@ class CropSummary:
         return "\n".join(lines)
 
 
-def dataset_images(data_dir: str | Path) -> list[tuple[str, str]]:
-    """(split, path) of every train and eval image file found, layout problems aside."""
+def dataset_images(data_dir: str | Path, splits: Sequence[str] = ("train", "eval")) -> list[tuple[str, str]]:
+    """(split, path) of every image file of ``splits`` found, layout problems aside."""
     data_dir = Path(data_dir)
     items = []
-    if (data_dir / "train").exists():
+    if "train" in splits and (data_dir / "train").exists():
         items += [("train", p) for p in scan_train(data_dir)[0]["path"]]
-    if (data_dir / "eval").exists():
+    if "eval" in splits and (data_dir / "eval").exists():
         items += [("eval", p) for p in scan_eval(data_dir)[0]["path"] if Path(p).is_file()]
     if not items:
-        raise DataError(f"{data_dir}: no train or eval images found")
+        raise DataError(f"{data_dir}: no {' or '.join(splits)} images found")
     return items
 
 
@@ -216,8 +216,8 @@ def _hash_or_error(path: str) -> str | DataError:
 
 def run_crop(data_dir: str | Path, config_or_settings=None, cache_dir: str | Path | None = None, batch_size: int = 32,
              device=None, sheet: str | Path | None | bool = None, sheet_size: int = 120, detectors=None,
-             show_progress: bool = True) -> CropSummary:
-    """Crop every train and eval image into the cache; keep valid entries; resume where a run stopped.
+             show_progress: bool = True, splits: Sequence[str] = ("train", "eval")) -> CropSummary:
+    """Crop every image of ``splits`` into the cache; keep valid entries; resume where a run stopped.
 
     ``config_or_settings``: a Config (crop_margin, crop_fallback, crop_cache) or CropSettings.
     ``sheet``: contact sheet PNG path (default ``<cache>/contact_sheet.png``; False: none).
@@ -232,7 +232,7 @@ def run_crop(data_dir: str | Path, config_or_settings=None, cache_dir: str | Pat
         cache_dir = config_or_settings.crop_cache or None
     cache = resolve_cache_dir(data_dir, cache_dir)
     settings_hash = settings.digest()
-    items = dataset_images(data_dir)
+    items = dataset_images(data_dir, splits)
     keys = [_key(path, data_dir) for _, path in items]
     entries = read_manifest(cache)
     summary = CropSummary(cache)
@@ -248,9 +248,10 @@ def run_crop(data_dir: str | Path, config_or_settings=None, cache_dir: str | Pat
                 keep[key] = entries[key]
             else:
                 todo.append((split, path, key, source_hash))
-        # entries of images no longer in the dataset are dropped; stale ones stay until redone
+        # entries of images no longer in the dataset are dropped (those of other splits kept); stale ones stay
+        # until redone
         present = set(keys)
-        entries = {**{k: v for k, v in entries.items() if k in present}, **keep}
+        entries = {**{k: v for k, v in entries.items() if k in present or v["split"] not in splits}, **keep}
         if todo and detectors is None:
             detectors = create_detectors(settings, device)
 

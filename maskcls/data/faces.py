@@ -119,7 +119,8 @@ def detect_faces(images: list[Image.Image], detector=None, min_prob: float = 0.0
     facenet-pytorch 2.5.3 clips a candidate box at the image edge before resampling it for R- and
     O-net, so a face that runs past the edge comes back with a stretched box and landmarks. Each image
     gets a mid-grey border (``pad`` x its longer side; 127 is MTCNN's zero after normalisation) before
-    detection, and the boxes are shifted back. Images of one size are detected as one batch.
+    detection, and the boxes are shifted back. Images of one size are detected as one batch. An image too
+    small for the detector's smallest face has none (MTCNN's pyramid would be empty: a torch.cat error).
     """
     detector = detector or _default_detector()
     faces: list[list[Face]] = [[] for _ in images]
@@ -128,6 +129,8 @@ def detect_faces(images: list[Image.Image], detector=None, min_prob: float = 0.0
         by_size.setdefault(image.size, []).append(index)
     for (width, height), indices in by_size.items():
         border = int(round(pad * max(width, height)))
+        if _below_pyramid(min(width, height) + 2 * border, detector):
+            continue
         batch = np.stack([np.pad(np.asarray(images[i].convert("RGB")), ((border, border), (border, border), (0, 0)),
                                  constant_values=127) for i in indices])
         boxes, probs, points = detector.detect(batch, landmarks=True)
@@ -139,6 +142,13 @@ def detect_faces(images: list[Image.Image], detector=None, min_prob: float = 0.0
                      for box, prob, marks in zip(image_boxes, image_probs, image_points)]
             faces[i] = sorted((f for f in found if f.prob >= min_prob), key=lambda f: (-f.prob, -f.area))
     return faces
+
+
+def _below_pyramid(side: int, detector) -> bool:
+    """Whether MTCNN's pyramid has no level for an image of shorter side ``side``: facenet-pytorch's
+    ``detect_face`` keeps a level while ``side * (12 / min_face_size) >= 12``, computed so (47 x 12/47 < 12)."""
+    min_face = getattr(detector, "min_face_size", None)  # None: not facenet-pytorch's MTCNN (a test's stand-in)
+    return bool(min_face) and side * (12.0 / min_face) < 12
 
 
 def view_image(image: Image.Image, view: str) -> Image.Image:
