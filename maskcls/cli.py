@@ -120,6 +120,28 @@ def train(
 
 
 @app.command()
+def cv(
+    task: Annotated[TaskName, typer.Argument(help="Which specialist (or the joint 18-class baseline).")],
+    overrides: Annotated[Optional[List[str]], typer.Argument(help="key=value config overrides, e.g. folds=5 epochs=4.")] = None,
+    tta: Annotated[bool, typer.Option(help="Out-of-fold probabilities averaged over the original, flipped and config `tta` views.")] = False,
+    config_file: Annotated[Optional[Path], typer.Option("--config", help="YAML to use instead of configs/<task>.yaml.")] = None,
+):
+    """Train every fold into runs/<task>/<name>/fold<k>/ (name: cv), then write oof.csv and cv.json.
+
+    Re-running the same command skips finished folds and resumes unfinished ones.
+    """
+    from .config import load_config
+    from .cv import run_cv
+
+    try:
+        result = run_cv(load_config(task.value, overrides or [], config_file), tta)
+    except _input_errors() as err:
+        fail(str(err))
+    if os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 alone reports
+        typer.echo("\n".join(result.format()))
+
+
+@app.command()
 def crop(
     data_dir: Annotated[Path, typer.Argument(help="Dataset folder holding train/ and eval/.")],
     margin: Annotated[float, typer.Option(help="Grow the face box by this fraction of its size on every side.")] = 0.25,
@@ -189,20 +211,21 @@ class EngineName(str, Enum):
 
 
 # options shared by the commands that load trained runs (submit, detect, export onnx)
-MaskRuns = Annotated[Optional[List[Path]], typer.Option(help="Mask run; repeatable (default: newest in <project>/mask).")]
-AgeRuns = Annotated[Optional[List[Path]], typer.Option(help="Age run; repeatable (default: newest in <project>/age).")]
-GenderRuns = Annotated[Optional[List[Path]], typer.Option(help="Gender run; repeatable (default: newest in <project>/gender).")]
-JointRuns = Annotated[Optional[List[Path]], typer.Option(help="Instead of the specialists: a joint 18-class run; repeatable.")]
+MaskRuns = Annotated[Optional[List[Path]], typer.Option(help="Mask run or CV folder (its folds); repeatable (default: newest in <project>/mask).")]
+AgeRuns = Annotated[Optional[List[Path]], typer.Option(help="Age run or CV folder (its folds); repeatable (default: newest in <project>/age).")]
+GenderRuns = Annotated[Optional[List[Path]], typer.Option(help="Gender run or CV folder (its folds); repeatable (default: newest in <project>/gender).")]
+JointRuns = Annotated[Optional[List[Path]], typer.Option(help="Instead of the specialists: a joint 18-class run or CV folder; repeatable.")]
 ProjectDir = Annotated[Path, typer.Option(help="Folder holding <task>/<run>/ for the default runs.")]
 WhichCheckpoint = Annotated[Checkpoint, typer.Option(help="Checkpoint in each run folder.")]
 DeviceName = Annotated[str, typer.Option(help="auto | cpu | cuda | mps.")]
 
 
 def _specialist_runs(mask, age, gender, project: Path, which: str) -> dict[str, list[Path]]:
+    from .runs import expand_runs
     from .submit import newest_run
 
     chosen = {"mask": mask, "age": age, "gender": gender}
-    return {task: list(given or [newest_run(project, task, which)]) for task, given in chosen.items()}
+    return {task: expand_runs(given or [newest_run(project, task, which)]) for task, given in chosen.items()}
 
 
 def _input_errors():
@@ -218,7 +241,7 @@ def _input_errors():
 @app.command()
 def predict(
     task: Annotated[TaskName, typer.Argument(help="Which task the runs were trained for.")],
-    runs: Annotated[List[Path], typer.Argument(help="Run folders (or .pt files) of that task; several are voted.")],
+    runs: Annotated[List[Path], typer.Argument(help="Run folders, CV folders (their folds) or .pt files of that task; several are voted.")],
     data_dir: Annotated[Path, typer.Argument(help="Dataset folder holding eval/ (and train/ for --split val).")],
     split: Annotated[SplitName, typer.Option(help="eval: info.csv images; val: the runs' held-out people.")] = SplitName.eval,
     tta: Annotated[bool, typer.Option(help="Average the original, flipped and config `tta` views.")] = False,
@@ -230,9 +253,11 @@ def predict(
                                                     "(maskcls export onnx).")] = EngineName.torch,
 ):
     """Write per-image class probabilities of one task's runs to a CSV (and a JSON note beside it)."""
+    from .runs import expand_runs
     from .submit import default_output, predict_runs, write_predictions
 
     try:
+        runs = expand_runs(runs)
         table, note = predict_runs(runs, split.value, data_dir, tta, vote.value, which.value, device, task.value,
                                    engine.value)
         path = write_predictions(table, out or default_output(runs, split.value, tta, vote.value), note)
@@ -281,11 +306,12 @@ def submit(
 
     Several runs of one task are averaged (soft vote).
     """
+    from .runs import expand_runs
     from .submit import make_joint_submission, make_submission
 
     try:
         if joint:
-            typer.echo("\n".join(make_joint_submission(joint, out, data_dir, tta, which.value, device)))
+            typer.echo("\n".join(make_joint_submission(expand_runs(joint), out, data_dir, tta, which.value, device)))
             return
         runs = _specialist_runs(mask, age, gender, project, which.value)
         lines = make_submission(runs, out, data_dir, tta, bias, which.value, device)
@@ -383,9 +409,10 @@ def export_onnx(
 ):
     """Write <run>/<which>.onnx per run (logits, dynamic batch), checked against PyTorch with onnxruntime."""
     from .export import PARITY_ATOL, export_runs
+    from .runs import expand_runs
 
     try:
-        runs = joint or [r for rs in _specialist_runs(mask, age, gender, project, which.value).values() for r in rs]
+        runs = expand_runs(joint) if joint else [r for rs in _specialist_runs(mask, age, gender, project, which.value).values() for r in rs]
         results = export_runs(runs, which.value, check_images)
     except _input_errors() as err:
         fail(str(err))
