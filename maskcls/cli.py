@@ -351,6 +351,27 @@ def compare(
     typer.echo("\n".join(lines))
 
 
+@app.command()
+def audit(
+    data_dir: Annotated[Path, typer.Argument(help="Dataset folder the CV runs were trained on.")],
+    mask: Annotated[Optional[Path], typer.Option(help="Mask CV folder (maskcls cv mask) or its oof.csv.")] = None,
+    gender: Annotated[Optional[Path], typer.Option(help="Gender CV folder or its oof.csv.")] = None,
+    age: Annotated[Optional[Path], typer.Option(help="Age CV folder or its oof.csv.")] = None,
+    out: Annotated[Optional[Path], typer.Option(help="Folder for audit.csv, audit_sheet.png, fixes_suggested.yaml "
+                                                     "(default: <project>/audit).")] = None,
+    top: Annotated[int, typer.Option(help="Suspects on the contact sheet.")] = 24,
+):
+    """Rank likely label errors per person (gender flips, incorrect/normal swaps, age, mask) from out-of-fold
+    probabilities with cleanlab; suggest label fixes for review. Never edits the data."""
+    from .audit import run_audit
+
+    try:
+        result = run_audit(data_dir, {"mask": mask, "gender": gender, "age": age}, out, top)
+    except _input_errors() as err:
+        fail(str(err))
+    typer.echo("\n".join(result.format()))
+
+
 # --- detect, export ---------------------------------------------------------------------------------
 
 @app.command()
