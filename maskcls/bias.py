@@ -103,8 +103,10 @@ def person_of(key: str) -> str:
 
 
 def default_bias_path(mask_runs: Sequence[str | Path]) -> Path:
-    """``<project>/bias.yaml`` beside the task folders of ``<project>/<task>/<run>``."""
-    return Path(mask_runs[0]).resolve().parent.parent / "bias.yaml"
+    """``<project>/bias.yaml`` beside the task folders of ``<project>/<task>/<run>`` (or ``<run>/fold<k>``)."""
+    from .runs import run_home
+
+    return run_home(mask_runs[0]).parent.parent / "bias.yaml"
 
 
 def save_bias(bias: Bias, path: str | Path) -> Path:

@@ -133,6 +133,25 @@ def train(
 
 
 @app.command()
+def cv(
+    task: Annotated[TaskName, typer.Argument(help="Which specialist (or the joint 18-class baseline).")],
+    overrides: Annotated[Optional[List[str]], typer.Argument(help="key=value config overrides, e.g. folds=5 epochs=4.")] = None,
+    tta: Annotated[bool, typer.Option(help="Out-of-fold probabilities averaged over the original, flipped and config `tta` views.")] = False,
+    config_file: Annotated[Optional[Path], typer.Option("--config", help="YAML to use instead of configs/<task>.yaml.")] = None,
+):
+    """Train every fold into runs/<task>/<name>/fold<k>/ (name: cv), then write oof.csv and cv.json.
+
+    Re-running the same command skips finished folds and resumes unfinished ones.
+    """
+    from .config import load_config
+    from .cv import run_cv
+
+    result = run_cv(load_config(task.value, overrides or [], config_file), tta)
+    if os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 alone reports
+        typer.echo("\n".join(result.format()))
+
+
+@app.command()
 def crop(
     data_dir: Annotated[Path, typer.Argument(help="Dataset folder holding train/ and eval/.")],
     margin: Annotated[float, typer.Option(help="Grow the face box by this fraction of its size on every side.")] = CropSettings.margin,
@@ -188,26 +207,27 @@ BadImage = choices("BadImage", ("fail", "fallback"))
 
 
 # options shared by the commands that load trained runs (submit, detect, export onnx)
-MaskRuns = Annotated[Optional[List[Path]], typer.Option(help="Mask run; repeatable (default: newest in <project>/mask).")]
-AgeRuns = Annotated[Optional[List[Path]], typer.Option(help="Age run; repeatable (default: newest in <project>/age).")]
-GenderRuns = Annotated[Optional[List[Path]], typer.Option(help="Gender run; repeatable (default: newest in <project>/gender).")]
-JointRuns = Annotated[Optional[List[Path]], typer.Option(help="Instead of the specialists: a joint 18-class run; repeatable.")]
+MaskRuns = Annotated[Optional[List[Path]], typer.Option(help="Mask run or CV folder (its folds); repeatable (default: newest in <project>/mask).")]
+AgeRuns = Annotated[Optional[List[Path]], typer.Option(help="Age run or CV folder (its folds); repeatable (default: newest in <project>/age).")]
+GenderRuns = Annotated[Optional[List[Path]], typer.Option(help="Gender run or CV folder (its folds); repeatable (default: newest in <project>/gender).")]
+JointRuns = Annotated[Optional[List[Path]], typer.Option(help="Instead of the specialists: a joint 18-class run or CV folder; repeatable.")]
 ProjectDir = Annotated[Path, typer.Option(help="Folder holding <task>/<run>/ for the default runs.")]
 WhichCheckpoint = Annotated[Checkpoint, typer.Option(help="Checkpoint in each run folder.")]
 DeviceName = Annotated[str, typer.Option(help="auto | cpu | cuda | mps.")]
 
 
 def _specialist_runs(mask, age, gender, project: Path, which: str) -> dict[str, list[Path]]:
+    from .runs import expand_runs
     from .submit import newest_run
 
     chosen = {"mask": mask, "age": age, "gender": gender}
-    return {task: list(given or [newest_run(project, task, which)]) for task, given in chosen.items()}
+    return {task: expand_runs(given or [newest_run(project, task, which)]) for task, given in chosen.items()}
 
 
 @app.command()
 def predict(
     task: Annotated[TaskName, typer.Argument(help="Which task the runs were trained for.")],
-    runs: Annotated[List[Path], typer.Argument(help="Run folders (or .pt files) of that task; several are voted.")],
+    runs: Annotated[List[Path], typer.Argument(help="Run folders, CV folders (their folds) or .pt files of that task; several are voted.")],
     data_dir: Annotated[Path, typer.Argument(help="Dataset folder holding eval/ (and train/ for --split val).")],
     split: Annotated[SplitName, typer.Option(help="eval: info.csv images; val: the runs' held-out people.")] = SplitName.eval,
     tta: Annotated[bool, typer.Option(help="Average the original, flipped and config `tta` views.")] = False,
@@ -219,8 +239,10 @@ def predict(
                                                     "(maskcls export onnx).")] = EngineName.torch,
 ):
     """Write per-image class probabilities of one task's runs to a CSV (and a JSON note beside it)."""
+    from .runs import expand_runs
     from .submit import default_output, predict_runs, write_predictions
 
+    runs = expand_runs(runs)
     table, note = predict_runs(runs, split.value, data_dir, tta, vote.value, which.value, device, task.value,
                                engine.value)
     path = write_predictions(table, out or default_output(runs, split.value, tta, vote.value), note)
@@ -267,10 +289,11 @@ def submit(
 
     Several runs of one task are averaged (soft vote).
     """
+    from .runs import expand_runs
     from .submit import make_joint_submission, make_submission
 
     if joint:
-        lines = make_joint_submission(joint, out, data_dir, tta, which.value, device, on_bad_image.value)
+        lines = make_joint_submission(expand_runs(joint), out, data_dir, tta, which.value, device, on_bad_image.value)
     else:
         runs = _specialist_runs(mask, age, gender, project, which.value)
         lines = make_submission(runs, out, data_dir, tta, bias, which.value, device, on_bad_image.value)
@@ -301,6 +324,24 @@ def compare(
 
     lines = compare_files(a, b)
     typer.echo("\n".join(lines))
+
+
+@app.command()
+def audit(
+    data_dir: Annotated[Path, typer.Argument(help="Dataset folder the CV runs were trained on.")],
+    mask: Annotated[Optional[Path], typer.Option(help="Mask CV folder (maskcls cv mask) or its oof.csv.")] = None,
+    gender: Annotated[Optional[Path], typer.Option(help="Gender CV folder or its oof.csv.")] = None,
+    age: Annotated[Optional[Path], typer.Option(help="Age CV folder or its oof.csv.")] = None,
+    out: Annotated[Optional[Path], typer.Option(help="Folder for audit.csv, audit_sheet.png, fixes_suggested.yaml "
+                                                     "(default: <project>/audit).")] = None,
+    top: Annotated[int, typer.Option(help="Suspects on the contact sheet.")] = 24,
+):
+    """Rank likely label errors per person (gender flips, incorrect/normal swaps, age, mask) from out-of-fold
+    probabilities with cleanlab; suggest label fixes for review. Never edits the data."""
+    from .audit import run_audit
+
+    result = run_audit(data_dir, {"mask": mask, "gender": gender, "age": age}, out, top)
+    typer.echo("\n".join(result.format()))
 
 
 # --- detect, export ---------------------------------------------------------------------------------
@@ -360,8 +401,10 @@ def export_onnx(
 ):
     """Write <run>/<which>.onnx per run (logits, dynamic batch), checked against PyTorch with onnxruntime."""
     from .export import PARITY_ATOL, export_runs
+    from .runs import expand_runs
 
-    runs = joint or [r for rs in _specialist_runs(mask, age, gender, project, which.value).values() for r in rs]
+    runs = expand_runs(joint) if joint else [r for rs in _specialist_runs(mask, age, gender, project,
+                                                                            which.value).values() for r in rs]
     results = export_runs(runs, which.value, check_images)
     typer.echo("\n".join(result.format() for result in results))
     typer.echo(f"parity: every probability within {PARITY_ATOL:g} of PyTorch's")

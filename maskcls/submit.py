@@ -138,12 +138,15 @@ def write_predictions(table: pd.DataFrame, path: str | Path, note: dict) -> Path
 # --- the submit command -----------------------------------------------------------------------------
 
 def newest_run(project: str | Path, task: str, which: str = "best") -> Path:
-    """The run folder under ``<project>/<task>/`` whose ``best.pt`` (or ``which``) was written last."""
+    """The run (or CV folder) under ``<project>/<task>/`` whose ``best.pt`` (or ``which``) was written last."""
+    from .runs import checkpoint_time
+
     folder = Path(project) / task
-    runs = [d for d in folder.iterdir() if (d / f"{which}.pt").is_file()] if folder.is_dir() else []
+    times = {d: checkpoint_time(d, which) for d in folder.iterdir()} if folder.is_dir() else {}
+    runs = [d for d, time in times.items() if time is not None]
     if not runs:
         raise DataError(f"{folder}: no run with a {which}.pt; train one (maskcls train {task}) or pass --{task} RUN")
-    return max(runs, key=lambda d: (d / f"{which}.pt").stat().st_mtime)
+    return max(runs, key=times.get)
 
 
 def run_configs(run_dirs: Sequence[str | Path], which: str = "best") -> list[Config]:

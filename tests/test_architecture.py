@@ -15,10 +15,10 @@ LAYERS = [
     {"data"},  # maskcls/data/: layout, labels, fixes, split, images, faces, crop cache, dataset
     {"tasks", "losses"},  # the task table; the loss registry
     {"config"},  # reads the registries below it for its choices
-    {"models", "checkpoint", "run_log"},
+    {"models", "checkpoint", "run_log", "runs"},  # runs: run folders and CV folders of folds
     {"engine"},
     {"infer", "bias"},  # what commands share: inference; per-class biases
-    {"evaluate", "combine", "submit", "detect", "export"},  # the commands
+    {"evaluate", "combine", "submit", "detect", "export", "cv", "audit"},  # the commands
     {"cli", "__main__"},
 ]
 COMMANDS = LAYERS[-2]
