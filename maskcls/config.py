@@ -71,6 +71,12 @@ class Config:
     name: str = ""  # "" -> exp, exp2, exp3, ...
     # inference
     tta: tuple[str, ...] = ("flip",)  # views averaged by `submit --tta`: flip, scale<percent> (e.g. scale90)
+    # age target and extra faces (issue 16; maskcls/years.py, maskcls/data/extra.py)
+    age_target: str = "band"  # band | years: one output per year 0..age_max, summed into bands (age, joint)
+    age_max: int = 100  # years target: the head's last year; older ages count as this one
+    extra_data: tuple[str, ...] = ()  # folders of images/ + labels.csv (file, age, gender, mask); train only
+    extra_weight: float = 1.0  # sampling weight of an extra image relative to a main training image
+    extra_limit: int = 0  # > 0: a seeded random sample of this many labelled rows per extra folder
 
     def to_dict(self) -> dict:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
@@ -180,6 +186,7 @@ CHOICES = {
     "sampler": ("none", "weighted"),
     "val": ("fold", "none"),
     "device": ("auto", "cpu", "cuda", "mps"),
+    "age_target": ("band", "years"),
 }
 
 
@@ -201,6 +208,11 @@ def validate(config: Config) -> None:
     for key in ("epochs", "batch_size", "img_size"):
         if getattr(config, key) < 1:
             raise ConfigError(f"{key}={getattr(config, key)}: must be at least 1")
+    from .years import check_age_target
+    from .data.extra import check_extra_config
+
+    check_age_target(config)
+    check_extra_config(config)
 
 
 def save_config(config: Config, path: Path) -> None:

@@ -23,6 +23,7 @@ from .data.crop import file_hash
 from .data.layout import DataError
 from .io import atomic_path
 from .tasks import get_task
+from .years import AGE_COLUMN, reports_age
 
 PARITY_ATOL = 1e-4  # max |p_onnx - p_torch| over every class probability of every check image
 CHECK_IMAGES = 8  # real images per parity check: the first in sorted order of the check folder
@@ -65,11 +66,19 @@ class OnnxRunner(nn.Module):
             raise ExportError(f"{path}: cannot be loaded by onnxruntime ({type(err).__name__}: {err})") from None
         self.input_name = self.session.get_inputs()[0].name
         self.metadata = dict(self.session.get_modelmeta().custom_metadata_map)
+        # an age_target=years export has a second output, the expected age (maskcls.years)
+        self.reports_age = AGE_COLUMN in [output.name for output in self.session.get_outputs()]
+
+    def _run(self, images: torch.Tensor) -> list:
+        array = images.detach().float().cpu().contiguous().numpy()  # channels-last tensors become NCHW here
+        return [torch.from_numpy(out).to(images.device) for out in self.session.run(None, {self.input_name: array})]
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        array = images.detach().float().cpu().contiguous().numpy()  # channels-last tensors become NCHW here
-        logits = self.session.run(None, {self.input_name: array})[0]
-        return torch.from_numpy(logits).to(images.device)
+        return self._run(images)[0]
+
+    def bands_and_age(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        logits, ages = self._run(images)
+        return logits, ages
 
 
 def load_onnx_model(run) -> OnnxRunner:
@@ -132,8 +141,21 @@ def max_prob_diff(model: nn.Module, runner: OnnxRunner, images: torch.Tensor) ->
 def build_onnx_program(model: nn.Module, img_size: int):
     """torch's ONNXProgram of ``model``: ``images`` (batch, 3, img_size, img_size) -> ``logits``, batch dynamic."""
     example = torch.zeros(2, 3, img_size, img_size)  # batch 2: a batch of one would invite the exporter to fix it
-    return torch.onnx.export(model.eval(), (example,), input_names=["images"], output_names=["logits"], dynamo=True,
+    outputs = ["logits", AGE_COLUMN] if reports_age(model) else ["logits"]
+    model = _BandsAndAge(model) if reports_age(model) else model
+    return torch.onnx.export(model.eval(), (example,), input_names=["images"], output_names=outputs, dynamo=True,
                              opset_version=_OPSET, verbose=False, dynamic_shapes=({0: torch.export.Dim("batch")},))
+
+
+class _BandsAndAge(nn.Module):
+    """An age_target=years model with both outputs: band log-probabilities (``logits``) and ``age_years``."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, images: torch.Tensor):
+        return self.model.bands_and_age(images)
 
 
 def export_run(run_dir: str | Path, which: str = "best", check_folder: str | Path | None = None) -> ExportResult:

@@ -28,7 +28,10 @@ class WeightsError(ValueError):
 
 
 def build_model(config: Config, num_classes: int | None = None) -> nn.Module:
-    num_classes = num_classes or get_task(config.task).num_classes
+    from .years import head_outputs, wrap_age_target
+
+    task_classes = num_classes or get_task(config.task).num_classes
+    num_classes = head_outputs(config, task_classes)  # age_target=years: one output per year
     try:
         model = timm.create_model(config.backbone, pretrained=config.pretrained == "timm",
                                   num_classes=num_classes, drop_rate=config.drop_rate)
@@ -45,7 +48,7 @@ def build_model(config: Config, num_classes: int | None = None) -> nn.Module:
         classifier = set(id(p) for p in model.get_classifier().parameters())
         for parameter in model.parameters():
             parameter.requires_grad = id(parameter) in classifier
-    return model
+    return wrap_age_target(model, config, task_classes)
 
 
 def zero_classifier(model: nn.Module) -> None:

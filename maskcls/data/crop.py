@@ -391,8 +391,12 @@ class CropSummary:
 
 def dataset_images(data_dir: str | Path) -> list[tuple[str, str]]:
     """(split, path) of every train and eval image file found, layout problems aside."""
+    from .extra import EXTRA_SPLIT, is_extra_folder, scan_extra
+
     data_dir = Path(data_dir)
     items = []
+    if is_extra_folder(data_dir):  # an extra_data folder: images/ + labels.csv
+        items += [(EXTRA_SPLIT, p) for p in scan_extra(data_dir)[0]["path"]]
     if (data_dir / "train").exists():
         items += [("train", p) for p in scan_train(data_dir)[0]["path"]]
     if (data_dir / "eval").exists():
