@@ -87,11 +87,11 @@ class YearsToBands(nn.Module):
 
     def year_probs(self, logits: torch.Tensor) -> torch.Tensor:
         """``(n, groups, years)``: the joint distribution over the non-age part and the year."""
-        return logits.float().softmax(1).reshape(-1, self.groups, self.years)
+        return logits.float().softmax(1).unflatten(1, (self.groups, self.years))
 
     def forward(self, logits: torch.Tensor) -> torch.Tensor:
         band_probs = self.year_probs(logits) @ self.bands  # (n, groups, 3)
-        return band_probs.reshape(len(logits), -1).clamp_min(1e-12).log()
+        return band_probs.flatten(1).clamp_min(1e-12).log()  # flatten: keeps the batch axis dynamic in ONNX
 
     def expected_age(self, logits: torch.Tensor) -> torch.Tensor:
         """``(n,)`` mean age in years of each image's year distribution (over every group)."""

@@ -29,9 +29,9 @@ EXTRA_SPLIT = "extra"  # the split name of extra images in a crop cache manifest
 
 
 def is_extra_folder(folder: str | Path) -> bool:
-    """A folder in the extra layout (``labels.csv`` and ``images/``) rather than the competition's."""
+    """A folder in the extra layout (``labels.csv`` or ``images/`` at its top) rather than the competition's."""
     folder = Path(folder)
-    return (folder / "labels.csv").is_file() and not (folder / "train").exists()
+    return ((folder / "labels.csv").is_file() or (folder / "images").is_dir()) and not (folder / "train").exists()
 
 
 def _label_problem(column: str, value: str) -> str | None:
