@@ -9,7 +9,8 @@ than it trained on, but a group photo is never fed to a classifier whole.
 Rows: ``file``, ``status`` (``face``, or ``no_face`` for a readable photo without one: one row with the face
 fields empty), ``face`` (1, 2, ... left to right), the box ``x1 y1 x2 y2`` (MTCNN's, clipped to the photo),
 ``det_prob``, ``mask`` ``gender`` ``age`` with ``*_prob`` (the chosen class's probability), the 18-class
-``label`` (argmax per task, ``mask*6 + gender*3 + age``; no tuned bias) and its ``class`` name. Unreadable
+``label`` (argmax per task, ``mask*6 + gender*3 + age``; no tuned bias) and its ``class`` name; ``age_years``
+is the expected age when the age runs have ``age_target: years`` (maskcls.years), else empty. Unreadable
 files get no row; they are listed in the note.
 """
 from __future__ import annotations

@@ -131,3 +131,20 @@ def test_evaluate_reports_the_age_mae_from_a_years_prediction(tmp_path):
     bad = runner.invoke(app, ["evaluate", str(tmp_path / "sub.csv"), str(tmp_path / "labels.csv"),
                               "--ages", str(tmp_path / "sub.csv")])
     assert bad.exit_code == 1 and "age_years" in bad.output
+
+
+def test_detect_reports_the_expected_age_of_a_years_run(tmp_path, monkeypatch):
+    pytest.importorskip("skimage")
+    from test_detect import make_run, portrait, run
+
+    monkeypatch.setenv("MASKCLS_NO_PROGRESS", "1")
+    project = tmp_path / "runs"
+    for task in ("mask", "gender", "age"):
+        make_run(project, task, "exp", 0, *(["age_target=years", "age_max=90"] if task == "age" else []))
+    portrait().save(tmp_path / "portrait.jpg")
+    result = run("detect", tmp_path / "portrait.jpg", "--project", project, "--out", tmp_path / "faces.csv",
+                 "--min-face", 32)
+    assert result.exit_code == 0, result.output
+    rows = pd.read_csv(tmp_path / "faces.csv")
+    assert len(rows) == 1 and rows["status"].iloc[0] == "face"
+    assert 0 <= rows["age_years"].iloc[0] <= 90 and rows["age"].iloc[0] in get_task("age").class_names
