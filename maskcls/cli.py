@@ -54,11 +54,13 @@ def data_check(
     data_dir: Annotated[Path, typer.Argument(help="Dataset folder holding train/ and eval/.")],
     decode: Annotated[bool, typer.Option(help="Decode every image (slower, finds truncated files).")] = True,
 ):
-    """Validate a dataset; report every problem found, exit non-zero if there is any."""
+    """Validate a dataset, or an extra_data folder (images/ + labels.csv); report every problem, exit 1 if any."""
     from .data import check_dataset
+    from .data.extra import check_extra, is_extra_folder
     from .progress import progress
 
-    problems = check_dataset(data_dir, decode=decode, progress=lambda xs, total: progress(xs, total=total, desc="decode"))
+    check = check_extra if is_extra_folder(data_dir) else check_dataset
+    problems = check(data_dir, decode=decode, progress=lambda xs, total: progress(xs, total=total, desc="decode"))
     for problem in problems:
         typer.echo(f"error: {problem}", err=True)
     if problems:
@@ -159,16 +161,22 @@ def crop(
     cache_dir: Annotated[Optional[Path], typer.Option(help="Default: <data_dir parent>/.maskcls_cache/<name>.")] = None,
     batch_size: Annotated[int, typer.Option(help="Images per MTCNN batch.")] = 32,
     sheet: Annotated[Optional[Path], typer.Option(help="Contact sheet PNG (default: <cache>/contact_sheet.png).")] = None,
+    extra: Annotated[Optional[List[Path]], typer.Option(help="An extra_data folder to crop too (its cache beside "
+                                                             "it); repeatable.")] = None,
 ):
-    """Detect the face in every train and eval image with MTCNN and cache the crops (re-runs reuse them)."""
+    """Detect the face in every train and eval image with MTCNN and cache the crops (re-runs reuse them).
+
+    DATA_DIR may also be an extra_data folder (images/ + labels.csv)."""
     from .data.crop import run_crop
 
-    summary = run_crop(data_dir, CropSettings(margin=margin, fallback=fallback), cache_dir=cache_dir,
-                       batch_size=batch_size, sheet=sheet)
-    for message in summary.bad:
-        typer.echo(f"warning: skipped {message}", err=True)
-    typer.echo(summary.format())
-    typer.echo(f"wrote {summary.sheet}")
+    settings = CropSettings(margin=margin, fallback=fallback)
+    summaries = [run_crop(data_dir, settings, cache_dir=cache_dir, batch_size=batch_size, sheet=sheet)]
+    summaries += [run_crop(folder, settings, batch_size=batch_size) for folder in extra or []]
+    for summary in summaries:
+        for message in summary.bad:
+            typer.echo(f"warning: skipped {message}", err=True)
+        typer.echo(summary.format())
+        typer.echo(f"wrote {summary.sheet}")
 
 
 @app.command()
@@ -306,11 +314,13 @@ def evaluate(
     submission: Annotated[Path, typer.Argument(help="Submission CSV (ImageID,ans).")],
     labels: Annotated[Path, typer.Argument(help="Labels CSV with the true ans per ImageID (e.g. eval/labels.csv).")],
     confusion_png: Annotated[Optional[Path], typer.Option("--confusion", help="PNG (default: <submission>_confusion.png).")] = None,
+    ages: Annotated[Optional[Path], typer.Option(help="CSV with ImageID,age_years (predict of an age_target=years "
+                                                      "run): age MAE against the labels' age column.")] = None,
 ):
     """Print 18-class and per-task macro F1, accuracy and a per-class table; write the confusion matrix PNG."""
     from .evaluate import evaluate_files
 
-    lines = evaluate_files(submission, labels, confusion_png)
+    lines = evaluate_files(submission, labels, confusion_png, ages)
     typer.echo("\n".join(lines))
 
 

@@ -81,6 +81,12 @@ class Config:
     name: str = ""  # "" -> exp, exp2, exp3, ...
     # inference
     tta: tuple[str, ...] = ("flip",)  # views averaged by `submit --tta`: flip, scale<percent> (e.g. scale90)
+    # age target and extra faces (issue 16; maskcls/years.py, maskcls/data/extra.py)
+    age_target: str = "band"  # band | years: one output per year 0..age_max, summed into bands (age, joint)
+    age_max: int = 100  # years target: the head's last year; older ages count as this one
+    extra_data: tuple[str, ...] = ()  # folders of images/ + labels.csv (file, age, gender, mask); train only
+    extra_weight: float = 1.0  # sampling weight of an extra image relative to a main training image
+    extra_limit: int = 0  # > 0: a seeded random sample of this many labelled rows per extra folder
 
     def to_dict(self) -> dict:
         values = {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
@@ -210,6 +216,7 @@ CHOICES = {  # the task, crop and loss names are their registries' keys
     "sampler": ("none", "weighted"),
     "val": ("fold", "none"),
     "device": ("auto", "cpu", "cuda", "mps"),
+    "age_target": ("band", "years"),
 }
 
 
@@ -218,9 +225,9 @@ LIMITS = {
     "epochs": (1, None), "batch_size": (1, None), "img_size": (1, None), "step_epochs": (1, None),
     "workers": (0, None), "warmup_epochs": (0, None), "weight_decay": (0, None), "momentum": (0, 1),
     "drop_rate": (0, 1), "label_smoothing": (0, 1), "focal_gamma": (0, None), "crop_margin": (0, None),
-    "mixup": (0, None), "cutmix": (0, None), "mixup_prob": (0, 1),
+    "mixup": (0, None), "cutmix": (0, None), "mixup_prob": (0, 1), "age_max": (1, None), "extra_limit": (0, None),
 }
-POSITIVE = ("lr", "step_gamma", "crop_fallback")  # must be more than 0
+POSITIVE = ("lr", "step_gamma", "crop_fallback", "extra_weight")  # must be more than 0
 FRACTIONS = ("crop_fallback",)  # at most 1
 
 
@@ -257,7 +264,24 @@ def validate(config: Config) -> None:
     check_augment(config.augment)
     for view in config.tta:
         tta_view_zoom(view)
+    _check_age_target(config)
     load_fixes(config.label_fixes)  # a missing or malformed fixes file fails now, not after loading images
+
+
+def _check_age_target(config: Config) -> None:
+    """``age_target=years`` (maskcls/years.py) needs an age task, a head reaching the old band, per-image losses."""
+    if config.age_target == "band":
+        return
+    if not TASKS[config.task].has_age:
+        raise ConfigError(f"age_target={config.age_target}: task {config.task} has no age to learn in years")
+    if config.age_max < config.age_bounds[1]:
+        raise ConfigError(f"age_max={config.age_max}: must reach the old band's lower edge {config.age_bounds[1]}")
+    if config.loss in ("f1", "ce_f1"):
+        raise ConfigError(f"loss={config.loss}: a soft F1 over single years means nothing; with age_target=years "
+                          f"use ce, label_smoothing or focal")
+    if config.class_weights != "none":
+        raise ConfigError(f"class_weights={config.class_weights}: weights are per band, the years head has one "
+                          f"output per year; use sampler=weighted instead")
 
 
 def config_yaml(config: Config) -> str:

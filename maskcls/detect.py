@@ -9,7 +9,8 @@ than it trained on, but a group photo is never fed to a classifier whole.
 Rows: ``file``, ``status`` (``face``, or ``no_face`` for a readable photo without one: one row with the face
 fields empty), ``face`` (1, 2, ... left to right), the box ``x1 y1 x2 y2`` (MTCNN's, clipped to the photo),
 ``det_prob``, ``mask`` ``gender`` ``age`` with ``*_prob`` (the chosen class's probability), the 18-class
-``label`` (argmax per task, ``mask*6 + gender*3 + age``; no tuned bias) and its ``class`` name. Unreadable
+``label`` (argmax per task, ``mask*6 + gender*3 + age``; no tuned bias) and its ``class`` name; ``age_years``
+is the expected age when the age runs have ``age_target: years`` (maskcls.years), else empty. Unreadable
 files get no row; they are listed in the note.
 """
 from __future__ import annotations
@@ -33,11 +34,13 @@ from .data.labels import class_name, encode
 from .data.layout import DataError
 from .engine import Engine, pick_device
 from .io import atomic_path, atomic_write_text, note_path
-from .infer import Run, build_views, inference_engine, inference_model, load_run, predict_probs, tta_views
+from .infer import (Run, build_views, inference_engine, inference_model, load_run, predict_probs, predict_probs_and_age,
+                    tta_views)
 from .tasks import SPECIALISTS, get_task
+from .years import AGE_COLUMN, reports_age
 
 COLUMNS = ("file", "status", "face", "x1", "y1", "x2", "y2", "det_prob", "mask", "mask_prob", "gender",
-           "gender_prob", "age", "age_prob", "label", "class")
+           "gender_prob", "age", "age_prob", "age_years", "label", "class")  # age_years: age_target=years runs
 MASK_COLOURS = {"wear": (0, 170, 0), "incorrect": (235, 140, 0), "not_wear": (215, 0, 0)}
 PHOTOS_PER_BATCH = 16  # photos detected and classified together: their faces share the classifier batches
 
@@ -167,18 +170,32 @@ def face_crops(image: Image.Image, faces: Sequence[Face], config) -> list[Image.
 def classify(specialist: Specialist, photos: Sequence[tuple[Image.Image, Sequence[Face]]], settings: DetectSettings,
              engine: Engine) -> np.ndarray:
     """(faces, classes) probabilities of every face of ``photos`` in order, averaged over the task's runs."""
-    probs = []
+    return classify_with_age(specialist, photos, settings, engine)[0]
+
+
+def classify_with_age(specialist: Specialist, photos: Sequence[tuple[Image.Image, Sequence[Face]]],
+                      settings: DetectSettings, engine: Engine) -> tuple[np.ndarray, np.ndarray | None]:
+    """:func:`classify` plus each face's expected age in years, averaged over the runs that report one
+    (``age_target: years``; None when none does)."""
+    probs, ages = [], []
     for run, model in zip(specialist.runs, specialist.models):
         crops = [crop for image, faces in photos for crop in face_crops(image, faces, run.config)]
         dataset = build_dataset(run.config, range(len(crops)), run.mean, run.std, image_loader=crops.__getitem__)
         views = build_views(tta_views(run.config, settings.tta))
-        probs.append(predict_probs(model, dataset, engine, views, run.config.batch_size,
-                                   desc=f"{specialist.task} {run.run_dir.name}"))
-    return np.mean(probs, axis=0)
+        desc = f"{specialist.task} {run.run_dir.name}"
+        if reports_age(model):
+            run_probs, run_ages = predict_probs_and_age(model, dataset, engine, views, run.config.batch_size, desc)
+            ages.append(run_ages)
+        else:
+            run_probs = predict_probs(model, dataset, engine, views, run.config.batch_size, desc=desc)
+        probs.append(run_probs)
+    return np.mean(probs, axis=0), np.mean(ages, axis=0) if ages else None
 
 
-def face_rows(file: str, image: Image.Image, faces: Sequence[Face], probs: dict[str, np.ndarray]) -> list[dict]:
-    """One row per face (``faces`` left to right, ``probs[task]`` aligned with them), or one ``no_face`` row."""
+def face_rows(file: str, image: Image.Image, faces: Sequence[Face], probs: dict[str, np.ndarray],
+              ages: np.ndarray | None = None) -> list[dict]:
+    """One row per face (``faces`` left to right, ``probs[task]`` and ``ages`` aligned with them), or one
+    ``no_face`` row."""
     if not faces:
         return [{"file": file, "status": "no_face"}]
     width, height = image.size
@@ -193,6 +210,8 @@ def face_rows(file: str, image: Image.Image, faces: Sequence[Face], probs: dict[
             codes[task] = int(probs[task][index].argmax())
             row[task] = get_task(task).class_names[codes[task]]
             row[f"{task}_prob"] = round(float(probs[task][index, codes[task]]), 4)
+        if ages is not None:
+            row[AGE_COLUMN] = round(float(ages[index]), 1)
         row["label"] = int(encode(codes["mask"], codes["gender"], codes["age"]))
         row["class"] = class_name(row["label"])
         rows.append(row)
@@ -274,10 +293,13 @@ def detect_photos(paths: Sequence[str | Path], specialists: Sequence[Specialist]
         found = find_faces([image for _, _, image in loaded], detectors, settings.min_prob,
                            settings.max_side) if loaded else []
         pairs = [(image, faces) for (_, _, image), faces in zip(loaded, found)]
-        probs = {s.task: classify(s, pairs, settings, engine) for s in specialists} if any(found) else {}
+        scored = {s.task: classify_with_age(s, pairs, settings, engine) for s in specialists} if any(found) else {}
+        probs = {task: p for task, (p, _) in scored.items()}
+        ages = scored["age"][1] if "age" in scored else None
         start = 0
         for (path, name, image), faces in zip(loaded, found):
-            rows = face_rows(str(path), image, faces, {task: p[start:start + len(faces)] for task, p in probs.items()})
+            rows = face_rows(str(path), image, faces, {task: p[start:start + len(faces)] for task, p in probs.items()},
+                             None if ages is None else ages[start:start + len(faces)])
             start += len(faces)
             result.rows += rows
             if annotate_dir is not None:

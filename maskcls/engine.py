@@ -269,7 +269,7 @@ class TrainData:
 
 def build_datasets(config: Config, mean, std) -> TrainData:
     """Train/val datasets on a person-level fold (or all people with ``val=none``)."""
-    from .data.crop import build_image_loader
+    from .data.extra import build_train_image_loader, sample_weights, with_extra
 
     task = get_task(config.task)
     images = load_train(config.data_dir, config.age_bounds, config.label_fixes)
@@ -279,15 +279,15 @@ def build_datasets(config: Config, mean, std) -> TrainData:
         train_images, val_images = images, None
     if train_images.empty:
         raise DataError(f"{config.data_dir}: no training images left after the split")
-    image_loader = build_image_loader(config)
+    train_images = with_extra(train_images, config, task.labels)  # extra_data rows: training only
+    image_loader = build_train_image_loader(config)
     targets = train_images[task.label_column].to_numpy()
     counts = np.bincount(targets, minlength=task.num_classes)
-    weights = (1.0 / np.maximum(counts, 1))[targets] if config.sampler == "weighted" else None
+    weights = sample_weights(train_images, targets, task.num_classes, config)
 
     def dataset(table, train):
-        # soft targets train only: validation scores the hard bands the eval set is labelled with
-        soft = train and config.age_sigma > 0
-        labels = task.soft_targets(table, config.age_bounds, config.age_sigma) if soft else table[task.label_column]
+        # soft or year targets train only: validation scores the hard bands the eval set is labelled with
+        labels = task.train_targets(table, config) if train else table[task.label_column]
         return build_dataset(config, table["path"], mean, std, train, labels, image_loader, config.preload)
 
     val = dataset(val_images, False) if val_images is not None and not val_images.empty else None

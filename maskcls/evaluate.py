@@ -74,8 +74,11 @@ def format_scores(scores: dict, title: str = "") -> str:
             f"({scores['images']} images)\nper-task macro F1: {tasks}\n{table}")
 
 
-def evaluate_files(submission: str | Path, labels: str | Path, confusion_png: str | Path | None = None) -> list[str]:
-    """``maskcls evaluate``: the report lines; writes the 18x18 confusion matrix PNG."""
+def evaluate_files(submission: str | Path, labels: str | Path, confusion_png: str | Path | None = None,
+                   ages: str | Path | None = None) -> list[str]:
+    """``maskcls evaluate``: the report lines; writes the 18x18 confusion matrix PNG. With ages in years (an
+    ``age_years`` column in ``ages``, a predict CSV of an age_target=years run, or in the submission) and an
+    ``age`` column in ``labels``, the age MAE too."""
     from .plots import plot_confusion
 
     truth = read_answers(labels)
@@ -84,7 +87,36 @@ def evaluate_files(submission: str | Path, labels: str | Path, confusion_png: st
     png = Path(confusion_png) if confusion_png else Path(submission).with_name(f"{Path(submission).stem}_confusion.png")
     plot_confusion(scores["confusion"], [f"{k} {class_name(k)}" for k in range(NUM_CLASSES)], png,
                    title=f"{Path(submission).name}: macro F1 {scores['macro_f1']:.4f}")
-    return [format_scores(scores, title=str(submission)), f"wrote {png}"]
+    mae = age_mae_line(labels, ages or submission, required=ages is not None)
+    return [format_scores(scores, title=str(submission)), *([mae] if mae else []), f"wrote {png}"]
+
+
+def read_column(path: str | Path, column: str, required: bool = True) -> pd.Series | None:
+    """``ImageID -> column`` as numbers; None when the column is absent and not ``required``."""
+    if not Path(path).is_file():
+        raise DataError(f"{path}: file does not exist")
+    table = pd.read_csv(path, dtype=str, keep_default_na=False)
+    if column not in table.columns or "ImageID" not in table.columns:
+        if required:
+            raise DataError(f"{path}: needs columns ImageID and {column}")
+        return None
+    values = pd.to_numeric(table[column], errors="coerce")
+    if values.isna().any():
+        line = int(np.flatnonzero(values.isna())[0])
+        raise DataError(f"{path}: line {line + 2}: {column} {table[column].iloc[line]!r} is not a number")
+    return pd.Series(values.to_numpy(), index=table["ImageID"], name=column)
+
+
+def age_mae_line(labels: str | Path, ages: str | Path, required: bool = False) -> str | None:
+    """"age MAE x years (n images)" when ``labels`` has ``age`` and ``ages`` has ``age_years``."""
+    from .years import AGE_COLUMN
+
+    true_age = read_column(labels, "age", required=required)
+    predicted = read_column(ages, AGE_COLUMN, required=required)
+    if true_age is None or predicted is None:
+        return None
+    predicted = matched(predicted, true_age, ages, labels)
+    return f"age MAE {np.abs(predicted.to_numpy() - true_age.to_numpy()).mean():.2f} years ({len(true_age)} images)"
 
 
 def compare_files(a: str | Path, b: str | Path) -> list[str]:

@@ -27,6 +27,7 @@ from .errors import DataError, ExportError
 from .infer import OnnxRunner, checkpoint_file, load_run, onnx_path
 from .io import atomic_path
 from .tasks import get_task
+from .years import AGE_COLUMN, reports_age
 
 PARITY_ATOL = 1e-4  # max |p_onnx - p_torch| over every class probability of every check image
 CHECK_IMAGES = 8  # real images per parity check: the first in sorted order of the check folder
@@ -74,8 +75,21 @@ def max_prob_diff(model: nn.Module, runner: OnnxRunner, images: torch.Tensor) ->
 def build_onnx_program(model: nn.Module, img_size: int):
     """torch's ONNXProgram of ``model``: ``images`` (batch, 3, img_size, img_size) -> ``logits``, batch dynamic."""
     example = torch.zeros(2, 3, img_size, img_size)  # batch 2: a batch of one would invite the exporter to fix it
-    return torch.onnx.export(model.eval(), (example,), input_names=["images"], output_names=["logits"], dynamo=True,
+    outputs = ["logits", AGE_COLUMN] if reports_age(model) else ["logits"]
+    model = _BandsAndAge(model) if reports_age(model) else model
+    return torch.onnx.export(model.eval(), (example,), input_names=["images"], output_names=outputs, dynamo=True,
                              opset_version=_OPSET, verbose=False, dynamic_shapes=({0: torch.export.Dim("batch")},))
+
+
+class _BandsAndAge(nn.Module):
+    """An age_target=years model with both outputs: band log-probabilities (``logits``) and ``age_years``."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, images: torch.Tensor):
+        return self.model.bands_and_age(images)
 
 
 def export_run(run_dir: str | Path, which: str = "best", check_folder: str | Path | None = None) -> ExportResult:

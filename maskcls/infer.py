@@ -25,6 +25,7 @@ from .engine import Engine, predict_logits
 from .errors import DataError, ExportError
 from .tasks import get_task
 from .transforms import tta_view_zoom
+from .years import AGE_COLUMN
 
 SPLITS = ("eval", "val")
 RUNTIMES = ("torch", "onnx")  # `--engine`: PyTorch eager, or the run's exported ONNX file on onnxruntime
@@ -87,11 +88,19 @@ class OnnxRunner(nn.Module):
             raise ExportError(f"{path}: cannot be loaded by onnxruntime ({type(err).__name__}: {err})") from None
         self.input_name = self.session.get_inputs()[0].name
         self.metadata = dict(self.session.get_modelmeta().custom_metadata_map)
+        # an age_target=years export has a second output, the expected age (maskcls.years)
+        self.reports_age = AGE_COLUMN in [output.name for output in self.session.get_outputs()]
+
+    def _run(self, images: torch.Tensor) -> list:
+        array = images.detach().float().cpu().contiguous().numpy()  # channels-last tensors become NCHW here
+        return [torch.from_numpy(out).to(images.device) for out in self.session.run(None, {self.input_name: array})]
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        array = images.detach().float().cpu().contiguous().numpy()  # channels-last tensors become NCHW here
-        logits = self.session.run(None, {self.input_name: array})[0]
-        return torch.from_numpy(logits).to(images.device)
+        return self._run(images)[0]
+
+    def bands_and_age(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        logits, ages = self._run(images)
+        return logits, ages
 
 
 def load_onnx_model(run: Run) -> OnnxRunner:
@@ -199,3 +208,28 @@ def predict_probs(model: nn.Module, dataset, engine: Engine, views=None, batch_s
     loader = engine.loader(dataset, batch_size, train=False)
     log_probs, _ = predict_logits(tta, loader, engine, desc=desc)
     return log_probs.exp().numpy()
+
+
+class TTAAgeModel(nn.Module):
+    """Like :class:`TTAModel` for a model that reports the age: per image, the log of the band softmax
+    averaged over views, then the expected age averaged over views (the mean of the views' year
+    distributions has the mean of their expectations), as one extra last column."""
+
+    def __init__(self, model: nn.Module, views):
+        super().__init__()
+        self.model = model
+        self.views = list(views)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        outputs = [self.model.bands_and_age(view(images)) for _, view in self.views]
+        probs = torch.stack([scores.float().softmax(1) for scores, _ in outputs]).mean(0)
+        ages = torch.stack([age.float() for _, age in outputs]).mean(0)
+        return torch.cat([probs.clamp_min(1e-12).log(), ages[:, None]], dim=1)
+
+
+def predict_probs_and_age(model: nn.Module, dataset, engine, views, batch_size: int = 64,
+                          desc: str = "predict") -> tuple[np.ndarray, np.ndarray]:
+    """((images, classes) probabilities, (images,) expected ages) in dataset order, averaged over ``views``."""
+    tta = engine.setup_model(TTAAgeModel(model, views))
+    outputs, _ = predict_logits(tta, engine.loader(dataset, batch_size, train=False), engine, desc=desc)
+    return outputs[:, :-1].exp().numpy(), outputs[:, -1].numpy()

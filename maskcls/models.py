@@ -71,7 +71,10 @@ def resolve_pretrained(backbone: str, pretrained: str) -> str:
 
 
 def build_model(config: Config, num_classes: int | None = None) -> nn.Module:
-    num_classes = num_classes or get_task(config.task).num_classes
+    from .years import head_outputs, wrap_age_target
+
+    task_classes = num_classes or get_task(config.task).num_classes
+    num_classes = head_outputs(config, task_classes)  # age_target=years: one output per year
     source = resolve_pretrained(config.backbone, config.pretrained)
     try:
         model = timm.create_model(config.backbone, pretrained=source == "timm",
@@ -94,7 +97,7 @@ def build_model(config: Config, num_classes: int | None = None) -> nn.Module:
         classifier = set(id(p) for p in model.get_classifier().parameters())
         for parameter in model.parameters():
             parameter.requires_grad = id(parameter) in classifier
-    return model
+    return wrap_age_target(model, config, task_classes)
 
 
 def zero_classifier(model: nn.Module) -> None:

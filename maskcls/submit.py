@@ -23,9 +23,10 @@ from .data import NUM_CLASSES, DataError, class_name, read_eval_images
 from .data.dataset import build_dataset
 from .engine import pick_device
 from .infer import (Run, build_views, image_table, inference_engine, inference_model, load_run,
-                    predict_probs, tta_views)
+                    predict_probs, predict_probs_and_age, tta_views)
 from .io import atomic_path, atomic_write_text, is_main_process, note_path
 from .tasks import SPECIALISTS
+from .years import AGE_COLUMN, reports_age
 
 VOTES = ("soft", "hard")  # soft: mean probability; hard: majority of each run's argmax
 KEY_COLUMNS = {"eval": "ImageID", "val": "path"}
@@ -64,9 +65,14 @@ def predict_run(run: Run, split: str, data_dir: str | Path, tta: bool = False, d
     rows = rows[~rows["file"].isin(skip)] if skip else rows
     views = build_views(tta_views(config, tta))
     dataset = build_dataset(config, rows["file"], run.mean, run.std)
-    probs = predict_probs(inference_model(run, runtime), dataset, inference_engine(config, device), views, config.batch_size,
-                          desc=f"{config.task} {split} {run.run_dir.name}")
+    model, desc = inference_model(run, runtime), f"{config.task} {split} {run.run_dir.name}"
+    engine = inference_engine(config, device)
     table = rows.drop(columns="file")
+    if reports_age(model):  # age_target=years: the expected age in years too, from the same pass
+        probs, ages = predict_probs_and_age(model, dataset, engine, views, config.batch_size, desc)
+        table.insert(1, AGE_COLUMN, ages)
+    else:
+        probs = predict_probs(model, dataset, engine, views, config.batch_size, desc=desc)
     for k in range(probs.shape[1]):
         table.insert(1 + k, f"p{k}", probs[:, k])
     return table
@@ -109,6 +115,8 @@ def merge_tables(tables: Sequence[pd.DataFrame], names: Sequence, split: str, ho
     out = pd.DataFrame({key: keys})
     for column, values in zip(prob_columns, vote(stacked, how).T):
         out[column] = values
+    if all(AGE_COLUMN in table for table in tables):  # the mean expected age over the runs that predicted it
+        out[AGE_COLUMN] = np.nanmean(np.stack([t.set_index(key)[AGE_COLUMN].reindex(keys) for t in tables]), axis=0)
     for column in ("target", "label"):
         if column in tables[0]:
             truth = pd.concat([t.set_index(key)[column] for t in tables])

@@ -16,6 +16,7 @@ class Task:
     label_column: str  # column of the image table holding the target
     class_names: tuple[str, ...]
     has_age: bool = False  # the label holds the age band as its last digit: label = offset + age_band
+    labels: tuple[str, ...] = ()  # the raw labels the target is made of (an extra-data row needs them all)
 
     @property
     def num_classes(self) -> int:
@@ -32,13 +33,26 @@ class Task:
         targets[rows, offsets[:, None] + np.arange(3)] = soft_age_bands(images["age"], age_bounds, sigma)
         return targets
 
+    def train_targets(self, images: pd.DataFrame, config) -> np.ndarray:
+        """What a training image is scored against: its class index, soft age bands (``age_sigma``), or with
+        ``age_target: years`` a year distribution per non-age part (maskcls.years)."""
+        if config.age_target == "years":
+            from .years import year_targets
+
+            offsets = (images[self.label_column] - images["age_band"]).to_numpy()
+            return year_targets(images["age"], offsets, self.num_classes // 3, config.age_max, config.age_sigma)
+        if config.age_sigma > 0:
+            return self.soft_targets(images, config.age_bounds, config.age_sigma)
+        return images[self.label_column].to_numpy()
+
 
 TASKS = {
-    "mask": Task("mask", "mask", MASK_NAMES),
-    "gender": Task("gender", "gender", GENDER_NAMES),
-    "age": Task("age", "age_band", AGE_NAMES, has_age=True),
+    "mask": Task("mask", "mask", MASK_NAMES, labels=("mask",)),
+    "gender": Task("gender", "gender", GENDER_NAMES, labels=("gender",)),
+    "age": Task("age", "age_band", AGE_NAMES, has_age=True, labels=("age",)),
     # the usual single-model baseline: all 18 classes at once
-    "joint": Task("joint", "label", tuple(class_name(i) for i in range(NUM_CLASSES)), has_age=True),
+    "joint": Task("joint", "label", tuple(class_name(i) for i in range(NUM_CLASSES)), has_age=True,
+                  labels=("mask", "gender", "age")),
 }
 # the three specialists, in the order of the 18-class label's parts (mask * 6 + gender * 3 + age: decode's order)
 SPECIALISTS = tuple(name for name in TASKS if name != "joint")

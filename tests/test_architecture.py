@@ -13,7 +13,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "maskcls"
 LAYERS = [
     {"errors", "io", "progress", "metrics", "plots", "transforms"},  # leaves
     {"data"},  # maskcls/data/: layout, labels, fixes, split, images, faces, crop cache, dataset
-    {"tasks", "losses"},  # the task table; the loss registry
+    {"tasks", "losses", "years"},  # the task table; the loss registry; the year head (age_target=years)
     {"config"},  # reads the registries below it for its choices
     {"models", "checkpoint", "run_log", "runs"},  # runs: run folders and CV folders of folds
     {"engine"},

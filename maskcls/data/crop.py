@@ -188,9 +188,14 @@ class CropSummary:
 
 
 def dataset_images(data_dir: str | Path, splits: Sequence[str] = ("train", "eval")) -> list[tuple[str, str]]:
-    """(split, path) of every image file of ``splits`` found, layout problems aside."""
+    """(split, path) of every image file of ``splits`` found (every image of an extra_data folder), layout
+    problems aside."""
+    from .extra import EXTRA_SPLIT, is_extra_folder, scan_extra
+
     data_dir = Path(data_dir)
     items = []
+    if is_extra_folder(data_dir):  # an extra_data folder: images/ + labels.csv
+        items += [(EXTRA_SPLIT, p) for p in scan_extra(data_dir)[0]["path"]]
     if "train" in splits and (data_dir / "train").exists():
         items += [("train", p) for p in scan_train(data_dir)[0]["path"]]
     if "eval" in splits and (data_dir / "eval").exists():

@@ -83,3 +83,24 @@ def make_sample_dataset(root: str | Path, people: int = 60, eval_people: int = 2
     labels.to_csv(root / "eval" / "labels.csv", index=False)
     labels.assign(ans=0)[["ImageID", "ans"]].to_csv(root / "eval" / "info.csv", index=False)
     return root
+
+
+def make_sample_extra(root: str | Path, faces: int = 30, seed: int = 1, size=(96, 128),
+                      columns: tuple[str, ...] = ("age", "gender")) -> Path:
+    """An extra_data folder (``images/`` + ``labels.csv``) of drawn faces without masks (unless ``mask`` is
+    among ``columns``), ages 18-79; ``labels.csv`` holds ``file`` and ``columns``. Returns ``root``."""
+    from .labels import GENDER_NAMES, MASK_NAMES
+
+    root = Path(root)
+    (root / "images").mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    rows = []
+    for index in range(faces):
+        gender, age, mask = int(rng.random() < 0.5), int(rng.integers(18, 80)), int(rng.integers(0, 3))
+        race = RACES[rng.integers(len(RACES))]
+        name = f"extra_{index:05d}.jpg"
+        draw_face(gender, age, race, mask if "mask" in columns else 2, rng, size).save(root / "images" / name)
+        labels = {"age": age, "gender": GENDER_NAMES[gender], "mask": MASK_NAMES[mask]}
+        rows.append({"file": name, **{c: labels[c] for c in columns}})
+    pd.DataFrame(rows).to_csv(root / "labels.csv", index=False)
+    return root
