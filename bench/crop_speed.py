@@ -19,8 +19,8 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from maskcls.data.crop import (CropSettings, create_detectors, dataset_images, pick_faces, read_manifest,
-                               resolve_cache_dir, run_crop)
+from maskcls.data.crop import dataset_images, read_manifest, resolve_cache_dir, run_crop
+from maskcls.data.faces import CropSettings, create_detectors, pick_faces
 from maskcls.data.images import open_rgb
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "faces"

@@ -23,9 +23,9 @@ from pathlib import Path
 import torch
 
 from maskcls.config import Config, load_config
-from maskcls.export import OnnxRunner, build_onnx_program
+from maskcls.export import build_onnx_program
+from maskcls.infer import OnnxRunner, load_run
 from maskcls.models import build_model
-from maskcls.submit import load_run
 from maskcls.tasks import SPECIALISTS
 
 

@@ -1,10 +1,11 @@
 """The specialists against one 18-class model, on real faces, under one fixed budget.
 
-    python bench/quality.py            # the full budget: ~45-54 min on a 2-core CPU with the crops cached
-    python bench/quality.py --quick    # a much smaller budget: ~12 min (64 px, one epoch a specialist)
+    python bench/quality.py                   # configs/*.yaml as shipped: ~45-54 min on a 2-core CPU, crops cached
+    python bench/quality.py --set crop=none   # the same with one key changed in every run (printed, in the run names)
+    python bench/quality.py --quick           # a smoke budget: ~12 min (64 px, one epoch a specialist), no verdict
 
-Trains mask, gender and age specialists and the joint 18-class model with the same backbone, image
-size, crops and seed, submits with and without TTA (and with tuned biases), scores every submission
+Trains mask, gender and age specialists and the joint 18-class model with the recipes in configs/ (the
+joint model's is compute-matched to the specialists', see configs/joint.yaml) and one seed, submits with and without TTA (and with tuned biases), scores every submission
 against eval/labels.csv and prints one markdown table, then 95 % intervals of the 18-class F1 and of the
 specialists' lead from a bootstrap over the eval people. Every step is a `maskcls` command, so the
 table is what a user running those commands gets. Skips cleanly when the dataset is absent.
@@ -23,20 +24,18 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from maskcls.config import CONFIG_DIR
+from maskcls.config import CONFIG_DIR, load_config
 from maskcls.evaluate import read_answers, score
 from maskcls.metrics import bootstrap_macro_f1
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "faces"
-# Full: about 50 minutes of training on a 2-core CPU (~65 train images/s at 96 px, 5600 train images an
-# epoch, ~100 s an epoch with validation) plus inference, with the crops cached. Age reads 128 px faces
-# for 4 epochs (its val F1 peaked at epoch 3 of 7 at 96 px); an epoch at 128 px costs (128/96)^2 = 1.8
-# of one at 96 px, so the joint model's 14 epochs at 96 px match the specialists' compute:
-# 2 + 5 + 4 x 1.8 = 14.1.
-FULL = {"img_size": {"mask": 96, "gender": 96, "age": 128, "joint": 96},
-        "epochs": {"mask": 2, "gender": 5, "age": 4, "joint": 14}, "batch_size": 32, "lr": 5e-4}
-QUICK = {"img_size": {"mask": 64, "gender": 64, "age": 64, "joint": 64},
-         "epochs": {"mask": 1, "gender": 1, "age": 1, "joint": 3}, "batch_size": 32, "lr": 5e-4}
+TASKS = ("mask", "gender", "age", "joint")
+# The full budget is configs/<task>.yaml itself: about 50 minutes of training on a 2-core CPU (~65 train
+# images/s at 96 px, 5600 train images an epoch) plus inference, with the crops cached.
+# --quick: a SMOKE budget, explicit overrides on top of the configs; it checks the chain, its scores mean nothing
+QUICK = {"mask": ["img_size=64", "epochs=1"], "gender": ["img_size=64", "epochs=1"], "age": ["img_size=64", "epochs=1"],
+         "joint": ["img_size=64", "epochs=3"]}
+RECIPE_KEYS = ("backbone", "pretrained", "crop", "img_size", "epochs", "batch_size", "lr", "warmup_epochs", "loss")
 
 
 def maskcls(*args: str) -> tuple[str, float]:
@@ -50,9 +49,11 @@ def maskcls(*args: str) -> tuple[str, float]:
     return done.stdout, seconds
 
 
-def recipe_hash(task: str) -> str:
-    """Six hex digits of ``configs/<task>.yaml``: an edited recipe trains a new run, never reuses the old one."""
-    return hashlib.sha1((CONFIG_DIR / f"{task}.yaml").read_bytes()).hexdigest()[:6]
+def recipe_hash(task: str, varied: list[str]) -> str:
+    """Six hex digits of ``configs/<task>.yaml`` and the ``--set`` overrides: an edited recipe trains a new run,
+    never reuses the old one."""
+    text = (CONFIG_DIR / f"{task}.yaml").read_bytes() + "\n".join(varied).encode()
+    return hashlib.sha1(text).hexdigest()[:6]
 
 
 def noise_lines(truth, answers: dict, people, draws: int = 1000) -> str:
@@ -72,11 +73,10 @@ def noise_lines(truth, answers: dict, people, draws: int = 1000) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
-    parser.add_argument("--quick", action="store_true", help="a budget of a few minutes")
+    parser.add_argument("--quick", action="store_true", help="a smoke budget of a few minutes (64 px, 1 epoch)")
     parser.add_argument("--project", type=Path, default=Path("runs/quality"))
-    parser.add_argument("--backbone", default="tf_efficientnet_lite0")
-    parser.add_argument("--pretrained", default="efficientnet-lite0")
-    parser.add_argument("--crop", default="mtcnn", choices=["none", "center", "mtcnn"])
+    parser.add_argument("--set", dest="varied", action="append", default=[], metavar="KEY=VALUE",
+                        help="change one config key in every run, e.g. --set crop=none (repeatable)")
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--skip-joint", action="store_true")
     args = parser.parse_args()
@@ -85,23 +85,27 @@ def main() -> None:
         return
     os.environ["MASKCLS_NO_PROGRESS"] = "1"
     started = time.perf_counter()
-    budget = QUICK if args.quick else FULL
     project = args.project / ("quick" if args.quick else "full")
-    common = [f"data_dir={args.data}", f"lr={budget['lr']}", f"backbone={args.backbone}", f"pretrained={args.pretrained}",
-              f"batch_size={budget['batch_size']}", f"crop={args.crop}",
-              f"seed={args.seed}", f"project={project}", "device=cpu", "warmup_epochs=0.3"]
-    print(f"budget: {json.dumps(budget)}; backbone {args.backbone} ({args.pretrained}), crop {args.crop}, "
-          f"seed {args.seed}, data {args.data}, {os.cpu_count()} cores", flush=True)
+    common = [f"data_dir={args.data}", f"seed={args.seed}", f"project={project}", "device=cpu"]
+    overrides = {task: [*common, *(QUICK[task] if args.quick else []), *args.varied] for task in TASKS}
+    configs = {task: load_config(task, overrides[task]) for task in TASKS}
+    recipes = {task: {key: getattr(configs[task], key) for key in RECIPE_KEYS} for task in TASKS}
+    print(f"{'SMOKE budget (--quick, 64 px): not a verdict' if args.quick else 'budget: configs/<task>.yaml'}; "
+          f"varied: {' '.join(args.varied) or 'nothing'}; seed {args.seed}, data {args.data}, {os.cpu_count()} cores",
+          flush=True)
+    for task in TASKS:
+        print(f"  {task}: " + ", ".join(f"{k} {v}" for k, v in recipes[task].items()), flush=True)
 
     seconds = {}
-    if args.crop == "mtcnn":
+    if any(config.crop == "mtcnn" for config in configs.values()):
         _, seconds["crop"] = maskcls("crop", str(args.data))
     runs = {}
 
     def train(task: str) -> None:
         """Train (or finish an interrupted run of) ``task``; a finished run is reused with its recorded time."""
-        size, epochs = budget["img_size"][task], budget["epochs"][task]
-        name = f"{task}-{size}px-e{epochs}-s{args.seed}-{recipe_hash(task)}"  # a new budget or recipe: a new run
+        size, epochs = configs[task].img_size, configs[task].epochs
+        # a new budget, recipe or --set: a new run
+        name = f"{task}-{size}px-e{epochs}-s{args.seed}-{recipe_hash(task, args.varied)}"
         runs[task] = run = project / task / name
         done = run / "results.csv"
         if done.is_file() and len(pd.read_csv(done)) == epochs:
@@ -109,7 +113,7 @@ def main() -> None:
         elif (run / "last.pt").is_file():
             maskcls("train", task, "--resume", str(run))
         else:
-            maskcls("train", task, *common, f"img_size={size}", f"epochs={epochs}", f"name={name}")
+            maskcls("train", task, *overrides[task], f"name={name}")
         # training time proper, the same whether the run is fresh, resumed or reused: the epochs' seconds
         # (no image preloading, no validation)
         seconds[task] = float(pd.read_csv(done)["seconds"].sum())
@@ -160,7 +164,7 @@ def main() -> None:
             _, infer_s = maskcls("submit", "--joint", str(runs["joint"]), *tta, "--out", str(out))
             add_row(label, out, seconds["joint"], infer_s)
 
-    print(f"\n| design | mask F1 | gender F1 | age F1 | 18-class macro F1 | accuracy | train s | infer s |")
+    print("\n| design | mask F1 | gender F1 | age F1 | 18-class macro F1 | accuracy | train s | infer s |")
     print("|---|---|---|---|---|---|---|---|")
     print("\n".join(rows))
     print(noise_lines(truth.to_numpy(), answers, people))
@@ -168,7 +172,7 @@ def main() -> None:
         print(f"\nface crops (cached after the first run): {seconds['crop']:.0f} s")
     print(f"train s: the epochs' training seconds (no preloading, no validation); this script's wall time: "
           f"{time.perf_counter() - started:.0f} s")
-    (project / "quality.json").write_text(json.dumps({"budget": budget, "args": {k: str(v) for k, v in vars(args).items()},
+    (project / "quality.json").write_text(json.dumps({"recipes": recipes, "varied": args.varied, "args": {k: str(v) for k, v in vars(args).items()},
                                                       "results": results}, indent=1))
 
 

@@ -55,7 +55,8 @@ def main() -> None:
         return
     os.environ.setdefault("MASKCLS_NO_PROGRESS", "1")
     config = load_config(args.task, [f"data_dir={args.data}", f"backbone={args.backbone}", f"img_size={args.img_size}",
-                                     f"batch_size={args.batch}", f"crop={args.crop}", "device=cpu"])
+                                     f"batch_size={args.batch}", f"crop={args.crop}", "device=cpu",
+                                     "pretrained=none"])  # speed does not depend on the weights
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} cores; "
           f"{args.backbone} at {args.img_size} px, batch {args.batch}, {args.steps} timed steps, task {args.task}")
 
@@ -86,7 +87,7 @@ def main() -> None:
         speed = timed_steps(model, batches, loss_fn, optimizer, engine, args.steps)
         rows.append((label, speed, f"set-up {setup_s:.1f} s for {len(data.train)} train images"))
 
-    print(f"\n| input | images/s | ratio to model only | note |\n|---|---|---|---|")
+    print("\n| input | images/s | ratio to model only | note |\n|---|---|---|---|")
     for label, speed, note in rows:
         print(f"| {label} | {speed:.1f} | {speed / model_only:.2f} | {note} |")
 

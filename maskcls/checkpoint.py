@@ -7,11 +7,8 @@ from pathlib import Path
 import torch
 
 from .config import Config, config_from_dict
+from .errors import CheckpointError
 from .io import atomic_path
-
-
-class CheckpointError(ValueError):
-    """A checkpoint that is missing or unreadable; the message names the file."""
 
 
 def save_checkpoint(path: Path, **state) -> None:
@@ -33,15 +30,23 @@ def checkpoint_config(state: dict) -> Config:
     return config_from_dict(state["config"])
 
 
-def next_run_dir(project: Path, task: str, name: str = "") -> Path:
-    """``runs/<task>/<name>``, or the first free of exp, exp2, exp3, ... when no name is given."""
+def claim_run_dir(project: Path, task: str, name: str = "") -> Path:
+    """``runs/<task>/<name>`` (created if needed), or, without a name, the first of exp, exp2, exp3, ... that
+    this call creates itself: ``mkdir`` either makes a folder or fails, so two trainings started together
+    never share one."""
     base = Path(project) / task
-    if name:
+    if name:  # the user's choice, kept as given: a second run of that name writes into it
+        (base / name).mkdir(parents=True, exist_ok=True)
         return base / name
+    base.mkdir(parents=True, exist_ok=True)
     index = 1
-    while (base / ("exp" if index == 1 else f"exp{index}")).exists():
-        index += 1
-    return base / ("exp" if index == 1 else f"exp{index}")
+    while True:
+        run_dir = base / ("exp" if index == 1 else f"exp{index}")
+        try:
+            run_dir.mkdir()
+            return run_dir
+        except FileExistsError:  # taken (by a folder, a file, or a training started a moment earlier)
+            index += 1
 
 
 def load_model(run_or_checkpoint: Path, which: str = "best"):

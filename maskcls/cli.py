@@ -8,8 +8,31 @@ from pathlib import Path
 from typing import Annotated, List, Optional
 
 import typer
+from typer.core import TyperGroup
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+from .data.faces import CropSettings
+from .data.labels import DEFAULT_AGE_BOUNDS
+from .errors import MaskclsError
+from .tasks import SPECIALISTS, TASKS
+
+
+def fail(message: str) -> None:
+    """One line on stderr, exit code 1."""
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(1)
+
+
+class _Commands(TyperGroup):
+    """Every command (and subcommand) runs inside this: a user-facing error becomes its one-line message."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except MaskclsError as err:
+            fail(str(err))
+
+
+app = typer.Typer(cls=_Commands, add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Mask, gender and age-band classification: three specialists and a rule-based merge.")
 data_app = typer.Typer(no_args_is_help=True, help="Check, summarise and generate datasets in the competition layout.")
 app.add_typer(data_app, name="data")
@@ -17,17 +40,13 @@ export_app = typer.Typer(no_args_is_help=True, help="Export trained runs for dep
 app.add_typer(export_app, name="export")
 
 
-class TaskName(str, Enum):
-    mask = "mask"
-    age = "age"
-    gender = "gender"
-    joint = "joint"
+def choices(name: str, values) -> type[Enum]:
+    """A str Enum of ``values``: typer lists them in --help and refuses any other word in one line."""
+    return Enum(name, {value: value for value in values}, type=str)
 
 
-def fail(message: str) -> None:
-    """One line on stderr, exit code 1."""
-    typer.echo(f"error: {message}", err=True)
-    raise typer.Exit(1)
+TaskName = choices("TaskName", TASKS)  # the task table's names
+ProfileName = choices("ProfileName", ("cpu", "gpu"))  # maskcls.config.PROFILES (config imports torch; --help should not)
 
 
 @data_app.command("check")
@@ -52,24 +71,16 @@ def data_check(
 def data_summary(
     data_dir: Annotated[Path, typer.Argument(help="Dataset folder holding train/.")],
     out: Annotated[Optional[Path], typer.Option(help="Bar chart PNG (default: <data_dir>/../<name>_classes.png).")] = None,
-    age_bounds: Annotated[str, typer.Option(help="Lower edges of the 30-old and old bands.")] = "30,60",
+    age_bounds: Annotated[str, typer.Option(help="Lower edges of the 30-old and old bands.")] = ",".join(map(str, DEFAULT_AGE_BOUNDS)),
     label_fixes: Annotated[str, typer.Option(help="none | competition | path to a fixes YAML.")] = "none",
 ):
     """Print people and image counts per gender x age band x mask; write the 18-class bar chart PNG."""
-    from .data import DataError, class_name, load_train
+    from .data import class_name, load_train
+    from .data.labels import check_age_bounds
     from .data.summary import class_counts, format_summary
     from .plots import plot_class_counts
 
-    try:
-        bounds = tuple(int(a) for a in age_bounds.split(","))
-        if len(bounds) != 2 or not bounds[0] < bounds[1]:
-            raise ValueError
-    except ValueError:
-        fail(f"--age-bounds {age_bounds}: expected two increasing whole numbers, such as 30,60")
-    try:
-        images = load_train(data_dir, bounds, label_fixes)
-    except DataError as err:
-        fail(str(err))
+    images = load_train(data_dir, check_age_bounds(age_bounds, "--age-bounds "), label_fixes)
     typer.echo(format_summary(images))
     out = out or data_dir.resolve().parent / f"{data_dir.resolve().name}_classes.png"
     plot_class_counts(class_counts(images).tolist(), [class_name(i) for i in range(18)], out,
@@ -97,46 +108,63 @@ def train(
     overrides: Annotated[Optional[List[str]], typer.Argument(help="key=value config overrides, e.g. lr=3e-4 epochs=4.")] = None,
     resume: Annotated[Optional[Path], typer.Option(help="Run folder to continue from its last.pt.")] = None,
     config_file: Annotated[Optional[Path], typer.Option("--config", help="YAML to use instead of configs/<task>.yaml.")] = None,
+    profile: Annotated[ProfileName, typer.Option(help="cpu: configs/<task>.yaml, the measured CPU recipe; gpu: "
+                                                      "configs/gpu/<task>.yaml (EfficientNet-B3, untested).")] = ProfileName.cpu,
+    print_config: Annotated[bool, typer.Option("--print-config", help="Print the resolved config (the run folder's "
+                                                                      "config.yaml) and exit; reads no data.")] = False,
 ):
     """Train one specialist on the shared engine; writes runs/<task>/<name>/."""
-    from .checkpoint import CheckpointError, checkpoint_config, load_checkpoint
-    from .config import ConfigError, load_config, merge, parse_overrides, validate
-    from .data import DataError
+    from .checkpoint import checkpoint_config, load_checkpoint
+    from .config import config_yaml, load_config, merge, parse_overrides, validate
     from .engine import fit
-    from .models import WeightsError
 
-    try:
-        if resume:
-            config = checkpoint_config(load_checkpoint(resume / "last.pt"))
-            config = merge(config, parse_overrides(overrides or []), "command line")
-            validate(config)
-        else:
-            config = load_config(task.value, overrides or [], config_file)
-        run_dir = fit(config, resume=resume)
-    except (ConfigError, DataError, WeightsError, CheckpointError) as err:
-        fail(str(err))
+    if resume:
+        config = checkpoint_config(load_checkpoint(resume / "last.pt"))
+        config = merge(config, parse_overrides(overrides or []), "command line")
+        validate(config)
+    else:
+        config = load_config(task.value, overrides or [], config_file, profile.value)
+    if print_config:
+        typer.echo(config_yaml(config), nl=False)
+        return
+    run_dir = fit(config, resume=resume)
     if os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 alone reports
         typer.echo(f"run folder: {run_dir}")
 
 
 @app.command()
+def cv(
+    task: Annotated[TaskName, typer.Argument(help="Which specialist (or the joint 18-class baseline).")],
+    overrides: Annotated[Optional[List[str]], typer.Argument(help="key=value config overrides, e.g. folds=5 epochs=4.")] = None,
+    tta: Annotated[bool, typer.Option(help="Out-of-fold probabilities averaged over the original, flipped and config `tta` views.")] = False,
+    config_file: Annotated[Optional[Path], typer.Option("--config", help="YAML to use instead of configs/<task>.yaml.")] = None,
+):
+    """Train every fold into runs/<task>/<name>/fold<k>/ (name: cv), then write oof.csv and cv.json.
+
+    Re-running the same command skips finished folds and resumes unfinished ones.
+    """
+    from .config import load_config
+    from .cv import run_cv
+
+    result = run_cv(load_config(task.value, overrides or [], config_file), tta)
+    if os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 alone reports
+        typer.echo("\n".join(result.format()))
+
+
+@app.command()
 def crop(
     data_dir: Annotated[Path, typer.Argument(help="Dataset folder holding train/ and eval/.")],
-    margin: Annotated[float, typer.Option(help="Grow the face box by this fraction of its size on every side.")] = 0.25,
-    fallback: Annotated[float, typer.Option(help="Centre crop of this fraction of the image when no face is found.")] = 0.6,
+    margin: Annotated[float, typer.Option(help="Grow the face box by this fraction of its size on every side.")] = CropSettings.margin,
+    fallback: Annotated[float, typer.Option(help="Centre crop of this fraction of the image when no face is found.")] = CropSettings.fallback,
     cache_dir: Annotated[Optional[Path], typer.Option(help="Default: <data_dir parent>/.maskcls_cache/<name>.")] = None,
     batch_size: Annotated[int, typer.Option(help="Images per MTCNN batch.")] = 32,
     sheet: Annotated[Optional[Path], typer.Option(help="Contact sheet PNG (default: <cache>/contact_sheet.png).")] = None,
 ):
     """Detect the face in every train and eval image with MTCNN and cache the crops (re-runs reuse them)."""
-    from .data import DataError
-    from .data.crop import CropSettings, run_crop
+    from .data.crop import run_crop
 
-    try:
-        summary = run_crop(data_dir, CropSettings(margin=margin, fallback=fallback), cache_dir=cache_dir,
-                           batch_size=batch_size, sheet=sheet)
-    except DataError as err:
-        fail(str(err))
+    summary = run_crop(data_dir, CropSettings(margin=margin, fallback=fallback), cache_dir=cache_dir,
+                       batch_size=batch_size, sheet=sheet)
     for message in summary.bad:
         typer.echo(f"warning: skipped {message}", err=True)
     typer.echo(summary.format())
@@ -150,12 +178,13 @@ def demo(
 ):
     """The main job on built-in sample data: generate, check, summarise, train the three specialists, submit, score."""
     faces, runs = out_dir / "faces", out_dir / "runs"
-    tiny = ["backbone=test_efficientnet", "pretrained=none", "img_size=48", "batch_size=16", "lr=3e-3",
+    tiny = ["backbone=test_efficientnet", "pretrained=none", "crop=none", "warmup_epochs=1", "img_size=48",
+            "batch_size=16", "lr=3e-3",
             f"epochs={epochs}", "folds=4", f"data_dir={faces}", f"project={runs}", "name=demo"]
     steps = [["data", "sample", str(faces), "--people", "60", "--eval-people", "20"],
              ["data", "check", str(faces)],
              ["data", "summary", str(faces)],
-             *(["train", task, *tiny] for task in ("mask", "age", "gender")),
+             *(["train", task, *tiny] for task in SPECIALISTS),
              ["submit", "--tta", "--project", str(runs), "--out", str(out_dir / "submission.csv")],
              ["evaluate", str(out_dir / "submission.csv"), str(faces / "eval" / "labels.csv")]]
     if (runs / "mask" / "demo").exists():
@@ -168,57 +197,37 @@ def demo(
 
 # --- predict, combine, submit, evaluate, compare --------------------------------------------------
 
-class SplitName(str, Enum):
-    eval = "eval"
-    val = "val"
+SplitName = choices("SplitName", ("eval", "val"))
+VoteName = choices("VoteName", ("soft", "hard"))
+Checkpoint = choices("Checkpoint", ("best", "last"))
+EngineName = choices("EngineName", ("torch", "onnx"))
 
 
-class VoteName(str, Enum):
-    soft = "soft"
-    hard = "hard"
-
-
-class Checkpoint(str, Enum):
-    best = "best"
-    last = "last"
-
-
-class EngineName(str, Enum):
-    torch = "torch"
-    onnx = "onnx"
+BadImage = choices("BadImage", ("fail", "fallback"))
 
 
 # options shared by the commands that load trained runs (submit, detect, export onnx)
-MaskRuns = Annotated[Optional[List[Path]], typer.Option(help="Mask run; repeatable (default: newest in <project>/mask).")]
-AgeRuns = Annotated[Optional[List[Path]], typer.Option(help="Age run; repeatable (default: newest in <project>/age).")]
-GenderRuns = Annotated[Optional[List[Path]], typer.Option(help="Gender run; repeatable (default: newest in <project>/gender).")]
-JointRuns = Annotated[Optional[List[Path]], typer.Option(help="Instead of the specialists: a joint 18-class run; repeatable.")]
+MaskRuns = Annotated[Optional[List[Path]], typer.Option(help="Mask run or CV folder (its folds); repeatable (default: newest in <project>/mask).")]
+AgeRuns = Annotated[Optional[List[Path]], typer.Option(help="Age run or CV folder (its folds); repeatable (default: newest in <project>/age).")]
+GenderRuns = Annotated[Optional[List[Path]], typer.Option(help="Gender run or CV folder (its folds); repeatable (default: newest in <project>/gender).")]
+JointRuns = Annotated[Optional[List[Path]], typer.Option(help="Instead of the specialists: a joint 18-class run or CV folder; repeatable.")]
 ProjectDir = Annotated[Path, typer.Option(help="Folder holding <task>/<run>/ for the default runs.")]
 WhichCheckpoint = Annotated[Checkpoint, typer.Option(help="Checkpoint in each run folder.")]
 DeviceName = Annotated[str, typer.Option(help="auto | cpu | cuda | mps.")]
 
 
 def _specialist_runs(mask, age, gender, project: Path, which: str) -> dict[str, list[Path]]:
+    from .runs import expand_runs
     from .submit import newest_run
 
     chosen = {"mask": mask, "age": age, "gender": gender}
-    return {task: list(given or [newest_run(project, task, which)]) for task, given in chosen.items()}
-
-
-def _input_errors():
-    from .checkpoint import CheckpointError
-    from .config import ConfigError
-    from .data import DataError
-    from .export import ExportError
-    from .models import WeightsError
-
-    return DataError, CheckpointError, ConfigError, WeightsError, ExportError
+    return {task: expand_runs(given or [newest_run(project, task, which)]) for task, given in chosen.items()}
 
 
 @app.command()
 def predict(
     task: Annotated[TaskName, typer.Argument(help="Which task the runs were trained for.")],
-    runs: Annotated[List[Path], typer.Argument(help="Run folders (or .pt files) of that task; several are voted.")],
+    runs: Annotated[List[Path], typer.Argument(help="Run folders, CV folders (their folds) or .pt files of that task; several are voted.")],
     data_dir: Annotated[Path, typer.Argument(help="Dataset folder holding eval/ (and train/ for --split val).")],
     split: Annotated[SplitName, typer.Option(help="eval: info.csv images; val: the runs' held-out people.")] = SplitName.eval,
     tta: Annotated[bool, typer.Option(help="Average the original, flipped and config `tta` views.")] = False,
@@ -230,14 +239,13 @@ def predict(
                                                     "(maskcls export onnx).")] = EngineName.torch,
 ):
     """Write per-image class probabilities of one task's runs to a CSV (and a JSON note beside it)."""
+    from .runs import expand_runs
     from .submit import default_output, predict_runs, write_predictions
 
-    try:
-        table, note = predict_runs(runs, split.value, data_dir, tta, vote.value, which.value, device, task.value,
-                                   engine.value)
-        path = write_predictions(table, out or default_output(runs, split.value, tta, vote.value), note)
-    except _input_errors() as err:
-        fail(str(err))
+    runs = expand_runs(runs)
+    table, note = predict_runs(runs, split.value, data_dir, tta, vote.value, which.value, device, task.value,
+                               engine.value)
+    path = write_predictions(table, out or default_output(runs, split.value, tta, vote.value), note)
     typer.echo(f"{task.value} {split.value}: {len(table)} images, {len(runs)} run(s), views {'+'.join(note['views'])}"
                f" -> {path}")
 
@@ -256,10 +264,7 @@ def combine(
     """Merge mask, age and gender predictions into 18 classes: a submission (eval) or a score (val)."""
     from .combine import combine_files
 
-    try:
-        lines = combine_files(mask, age, gender, out, data_dir, tune, bias, bias_out)
-    except _input_errors() as err:
-        fail(str(err))
+    lines = combine_files(mask, age, gender, out, data_dir, tune, bias, bias_out)
     typer.echo("\n".join(lines))
 
 
@@ -276,22 +281,24 @@ def submit(
     project: ProjectDir = Path("runs"),
     which: WhichCheckpoint = Checkpoint.best,
     device: DeviceName = "auto",
+    on_bad_image: Annotated[BadImage, typer.Option(help="An eval image that does not decode: fail (write nothing), "
+                                                        "or fallback (answer it with the most frequent class of the "
+                                                        "others, and warn).")] = BadImage.fail,
 ):
     """Predict eval with the best checkpoint of each task and combine them into the 18-class submission CSV.
 
     Several runs of one task are averaged (soft vote).
     """
+    from .runs import expand_runs
     from .submit import make_joint_submission, make_submission
 
-    try:
-        if joint:
-            typer.echo("\n".join(make_joint_submission(joint, out, data_dir, tta, which.value, device)))
-            return
+    if joint:
+        lines = make_joint_submission(expand_runs(joint), out, data_dir, tta, which.value, device, on_bad_image.value)
+    else:
         runs = _specialist_runs(mask, age, gender, project, which.value)
-        lines = make_submission(runs, out, data_dir, tta, bias, which.value, device)
-    except _input_errors() as err:
-        fail(str(err))
-    typer.echo("\n".join(lines))
+        lines = make_submission(runs, out, data_dir, tta, bias, which.value, device, on_bad_image.value)
+    for line in lines:
+        typer.echo(line, err=line.startswith("warning:"))
 
 
 @app.command()
@@ -303,10 +310,7 @@ def evaluate(
     """Print 18-class and per-task macro F1, accuracy and a per-class table; write the confusion matrix PNG."""
     from .evaluate import evaluate_files
 
-    try:
-        lines = evaluate_files(submission, labels, confusion_png)
-    except _input_errors() as err:
-        fail(str(err))
+    lines = evaluate_files(submission, labels, confusion_png)
     typer.echo("\n".join(lines))
 
 
@@ -318,11 +322,26 @@ def compare(
     """Print how many answers of two submissions differ, by class and by task."""
     from .evaluate import compare_files
 
-    try:
-        lines = compare_files(a, b)
-    except _input_errors() as err:
-        fail(str(err))
+    lines = compare_files(a, b)
     typer.echo("\n".join(lines))
+
+
+@app.command()
+def audit(
+    data_dir: Annotated[Path, typer.Argument(help="Dataset folder the CV runs were trained on.")],
+    mask: Annotated[Optional[Path], typer.Option(help="Mask CV folder (maskcls cv mask) or its oof.csv.")] = None,
+    gender: Annotated[Optional[Path], typer.Option(help="Gender CV folder or its oof.csv.")] = None,
+    age: Annotated[Optional[Path], typer.Option(help="Age CV folder or its oof.csv.")] = None,
+    out: Annotated[Optional[Path], typer.Option(help="Folder for audit.csv, audit_sheet.png, fixes_suggested.yaml "
+                                                     "(default: <project>/audit).")] = None,
+    top: Annotated[int, typer.Option(help="Suspects on the contact sheet.")] = 24,
+):
+    """Rank likely label errors per person (gender flips, incorrect/normal swaps, age, mask) from out-of-fold
+    probabilities with cleanlab; suggest label fixes for review. Never edits the data."""
+    from .audit import run_audit
+
+    result = run_audit(data_dir, {"mask": mask, "gender": gender, "age": age}, out, top)
+    typer.echo("\n".join(result.format()))
 
 
 # --- detect, export ---------------------------------------------------------------------------------
@@ -331,18 +350,21 @@ def compare(
 MinProb = Annotated[float, typer.Option(help="MTCNN probability a face needs for a row (lower finds more masked faces "
                                              "and more false boxes on textures).")]
 MinFace = Annotated[int, typer.Option(help="Smallest face MTCNN looks for, in pixels.")]
+MaxSide = Annotated[int, typer.Option(min=0, help="MTCNN looks at a copy of each photo shrunk to this longer side "
+                                                  "(0: full size); faces are cut from the original.")]
 SecondPass = Annotated[bool, typer.Option(help="Also run MTCNN's looser pass, which finds most masked faces the first "
                                                "misses (boxes repeating a found face are dropped).")]
 FaceTTA = Annotated[bool, typer.Option(help="Average the original, flipped and config `tta` views of each face.")]
 EngineOption = Annotated[EngineName, typer.Option(help="torch, or onnx: each run's <which>.onnx (maskcls export onnx).")]
 
 
-def _detect_settings(min_prob: float, min_face: int, second_pass: bool, tta: bool, engine: EngineName, device: str):
+def _detect_settings(min_prob: float, min_face: int, max_side: int, second_pass: bool, tta: bool, engine: EngineName,
+                     device: str):
     from .detect import DetectSettings
 
     passes = DetectSettings.passes if second_pass else DetectSettings.passes[:1]
-    return DetectSettings(min_prob=min_prob, passes=passes, min_face_size=min_face, tta=tta, runtime=engine.value,
-                          device=device)
+    return DetectSettings(min_prob=min_prob, passes=passes, min_face_size=min_face, max_side=max_side, tta=tta,
+                          runtime=engine.value, device=device)
 
 
 @app.command()
@@ -355,6 +377,7 @@ def detect(
     annotate: Annotated[Optional[Path], typer.Option(help="Folder to write each photo into with its boxes and labels drawn.")] = None,
     min_prob: MinProb = 0.9,
     min_face: MinFace = 20,
+    max_side: MaxSide = 1600,
     second_pass: SecondPass = True,
     tta: FaceTTA = False,
     engine: EngineOption = EngineName.torch,
@@ -369,12 +392,9 @@ def detect(
     """
     from .detect import run_detect
 
-    settings = _detect_settings(min_prob, min_face, second_pass, tta, engine, device)
-    try:
-        runs = _specialist_runs(mask, age, gender, project, which.value)
-        result, path = run_detect(photos, runs, out, settings, which.value, annotate)
-    except _input_errors() as err:
-        fail(str(err))
+    settings = _detect_settings(min_prob, min_face, max_side, second_pass, tta, engine, device)
+    runs = _specialist_runs(mask, age, gender, project, which.value)
+    result, path = run_detect(photos, runs, out, settings, which.value, annotate)
     for message in result.unreadable:
         typer.echo(f"warning: skipped {message}", err=True)
     for file in result.no_face:
@@ -397,6 +417,7 @@ def serve(
     max_megapixels: Annotated[float, typer.Option(help="Largest photo accepted, in megapixels (read from its header).")] = 40.0,
     min_prob: MinProb = 0.9,
     min_face: MinFace = 20,
+    max_side: MaxSide = 1600,
     second_pass: SecondPass = True,
     tta: FaceTTA = False,
     engine: EngineOption = EngineName.torch,
@@ -415,13 +436,10 @@ def serve(
     except ImportError as err:
         fail(f"maskcls serve needs {err.name}: pip install 'maskcls[serve]'")
     os.environ.setdefault("MASKCLS_NO_PROGRESS", "1")  # a progress bar per request would flood the log
-    settings = _detect_settings(min_prob, min_face, second_pass, tta, engine, device)
+    settings = _detect_settings(min_prob, min_face, max_side, second_pass, tta, engine, device)
     limits = ServeLimits(max_upload_mb=max_upload_mb, max_files=max_files, max_megapixels=max_megapixels)
-    try:
-        runs = _specialist_runs(mask, age, gender, project, which.value)
-        checker = FaceChecker.create(load_specialists(runs, which.value, settings.runtime), settings)
-    except _input_errors() as err:
-        fail(str(err))
+    runs = _specialist_runs(mask, age, gender, project, which.value)
+    checker = FaceChecker.create(load_specialists(runs, which.value, settings.runtime), settings)
     run_server(checker, limits, host, port, announce=typer.echo)
 
 
@@ -437,12 +455,11 @@ def export_onnx(
 ):
     """Write <run>/<which>.onnx per run (logits, dynamic batch), checked against PyTorch with onnxruntime."""
     from .export import PARITY_ATOL, export_runs
+    from .runs import expand_runs
 
-    try:
-        runs = joint or [r for rs in _specialist_runs(mask, age, gender, project, which.value).values() for r in rs]
-        results = export_runs(runs, which.value, check_images)
-    except _input_errors() as err:
-        fail(str(err))
+    runs = expand_runs(joint) if joint else [r for rs in _specialist_runs(mask, age, gender, project,
+                                                                            which.value).values() for r in rs]
+    results = export_runs(runs, which.value, check_images)
     typer.echo("\n".join(result.format() for result in results))
     typer.echo(f"parity: every probability within {PARITY_ATOL:g} of PyTorch's")
 

@@ -8,16 +8,21 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import typing
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
 
+from .data.crop import CROP_MODES
+from .data.faces import CropSettings
+from .data.fixes import load_fixes
+from .data.labels import DEFAULT_AGE_BOUNDS, check_age_bounds
+from .errors import ConfigError
+from .losses import LOSSES
+from .tasks import TASKS
+from .transforms import augment_entry, augment_value, check_augment, tta_view_zoom
+
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
-
-
-class ConfigError(ValueError):
-    """A bad key or value; the message names it."""
 
 
 @dataclass(frozen=True)
@@ -26,15 +31,16 @@ class Config:
     # data
     data_dir: str = "data"  # holds train/ and eval/
     label_fixes: str = "none"  # none | competition | path to a fixes YAML
-    age_bounds: tuple[int, int] = (30, 60)  # lower edges of the "30-old" and "old" bands
+    age_bounds: tuple[int, int] = DEFAULT_AGE_BOUNDS  # lower edges of the "30-old" and "old" bands
     age_sigma: float = 0.0  # > 0: soft age-band targets from the real age blurred by this many years (age, joint)
     crop: str = "none"  # none | center | mtcnn (cached face crops, computed on the fly when missing)
-    crop_margin: float = 0.25  # box grows by this fraction of its size on every side
-    crop_fallback: float = 0.6  # centre crop of this fraction of the image when no face is found
+    crop_margin: float = CropSettings.margin  # box grows by this fraction of its size on every side
+    crop_fallback: float = CropSettings.fallback  # centre crop of this fraction of the image when no face is found
     crop_cache: str = ""  # "" -> <data_dir parent>/.maskcls_cache/<data_dir name> (~/.cache/maskcls/... if read-only)
     # model
     backbone: str = "tf_efficientnet_lite0"  # any timm model name
-    pretrained: str = "none"  # none | timm | efficientnet-lite0/1/2 | path to a state dict
+    # auto: the offline efficientnet-liteN package for tf_efficientnet_liteN, else timm's download when online
+    pretrained: str = "auto"  # auto | none | timm | efficientnet-lite0/1/2 | path to a state dict
     img_size: int = 224
     drop_rate: float = 0.2
     freeze_backbone: bool = False
@@ -55,7 +61,11 @@ class Config:
     epochs: int = 10
     batch_size: int = 64
     sampler: str = "none"  # none | weighted (inverse class frequency)
-    augment: tuple[str, ...] = ("hflip",)  # names from maskcls.transforms.AUGMENTATIONS
+    # names from maskcls.transforms.AUGMENTATIONS, or albumentations transforms: {Rotate: {limit: 15, p: 0.5}}
+    augment: tuple[str, ...] = ("hflip",)
+    mixup: float = 0.0  # > 0: timm Mixup on training batches with this Beta alpha (0 = off)
+    cutmix: float = 0.0  # > 0: timm CutMix with this Beta alpha (0 = off); both on: each batch one, at random
+    mixup_prob: float = 1.0  # share of batches mixed when mixup or cutmix is on
     # validation: a person-level fold, or none (train on everything for a fixed number of epochs)
     val: str = "fold"  # fold | none
     fold: int = 0
@@ -73,7 +83,9 @@ class Config:
     tta: tuple[str, ...] = ("flip",)  # views averaged by `submit --tta`: flip, scale<percent> (e.g. scale90)
 
     def to_dict(self) -> dict:
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
+        values = {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
+        values["augment"] = [augment_value(entry) for entry in self.augment]  # mappings as written in YAML
+        return values
 
 
 FIELDS = {f.name: f for f in dataclasses.fields(Config)}
@@ -91,16 +103,22 @@ def _coerce(key: str, value, source: str):
             value = yaml.safe_load(value)
     try:
         if origin is tuple:
-            if isinstance(value, str):
+            if isinstance(value, (str, dict)):  # one entry (an augment entry may be a mapping)
                 value = [value]
             item_type = typing.get_args(kind)[0]
-            value = tuple(_scalar(item_type, v) for v in value)
+            value = tuple(_item(key, item_type, v) for v in value)
             if typing.get_args(kind)[-1] is not Ellipsis and len(value) != len(typing.get_args(kind)):
                 raise ValueError(f"needs {len(typing.get_args(kind))} values")
             return value
         return _scalar(kind, value)
     except (TypeError, ValueError) as err:
         raise ConfigError(f"{source}: {key}={value!r} is not a valid {getattr(kind, '__name__', kind)} ({err})") from None
+
+
+def _item(key: str, kind, value):
+    if key == "augment":  # a name, or an albumentations transform with its arguments (maskcls.transforms)
+        return augment_entry(value)
+    return _scalar(kind, value)
 
 
 def _scalar(kind, value):
@@ -160,9 +178,21 @@ def read_yaml(path: Path) -> dict:
     return values
 
 
-def load_config(task: str, overrides: typing.Iterable[str] | dict = (), config_file: Path | None = None) -> Config:
-    """Defaults, then ``configs/<task>.yaml`` (or ``config_file``), then ``key=value`` overrides."""
-    path = Path(config_file) if config_file else CONFIG_DIR / f"{task}.yaml"
+PROFILES = ("cpu", "gpu")  # cpu: configs/<task>.yaml, the measured CPU recipe; gpu: configs/gpu/<task>.yaml
+
+
+def config_path(task: str, profile: str = "cpu") -> Path:
+    """The shipped YAML of ``task`` in ``profile``."""
+    if profile not in PROFILES:
+        raise ConfigError(f"profile {profile!r}: expected one of {', '.join(PROFILES)}")
+    return CONFIG_DIR / f"{task}.yaml" if profile == "cpu" else CONFIG_DIR / profile / f"{task}.yaml"
+
+
+def load_config(task: str, overrides: typing.Iterable[str] | dict = (), config_file: Path | None = None,
+                profile: str = "cpu") -> Config:
+    """Defaults, then ``configs/<task>.yaml`` (``configs/<profile>/<task>.yaml``, or ``config_file``), then
+    ``key=value`` overrides."""
+    path = Path(config_file) if config_file else config_path(task, profile)
     config = merge(Config(task=task), read_yaml(path), str(path))
     values = overrides if isinstance(overrides, dict) else parse_overrides(overrides)
     config = merge(config, values, "command line")
@@ -170,10 +200,10 @@ def load_config(task: str, overrides: typing.Iterable[str] | dict = (), config_f
     return config
 
 
-CHOICES = {
-    "task": ("mask", "age", "gender", "joint"),
-    "crop": ("none", "center", "mtcnn"),
-    "loss": ("ce", "label_smoothing", "focal", "f1", "ce_f1"),
+CHOICES = {  # the task, crop and loss names are their registries' keys
+    "task": tuple(TASKS),
+    "crop": CROP_MODES,
+    "loss": tuple(LOSSES),
     "class_weights": ("none", "balanced"),
     "optimizer": ("adam", "adamw", "sgd"),
     "scheduler": ("cosine", "step"),
@@ -183,30 +213,62 @@ CHOICES = {
 }
 
 
+# numbers: (lowest, highest) allowed, both included; None leaves that end open
+LIMITS = {
+    "epochs": (1, None), "batch_size": (1, None), "img_size": (1, None), "step_epochs": (1, None),
+    "workers": (0, None), "warmup_epochs": (0, None), "weight_decay": (0, None), "momentum": (0, 1),
+    "drop_rate": (0, 1), "label_smoothing": (0, 1), "focal_gamma": (0, None), "crop_margin": (0, None),
+    "mixup": (0, None), "cutmix": (0, None), "mixup_prob": (0, 1),
+}
+POSITIVE = ("lr", "step_gamma", "crop_fallback")  # must be more than 0
+FRACTIONS = ("crop_fallback",)  # at most 1
+
+
 def validate(config: Config) -> None:
+    """Every value checked where it enters, before any image is read: a ConfigError (or DataError for a
+    label-fixes file) naming the first bad one."""
     for key, choices in CHOICES.items():
         value = getattr(config, key)
         if value not in choices and not (key == "device" and str(value).startswith("cuda:")):
             raise ConfigError(f"{key}={value!r}: expected one of {', '.join(choices)}")
+    for key, (low, high) in LIMITS.items():
+        value = getattr(config, key)
+        if low is not None and value < low:
+            raise ConfigError(f"{key}={value}: must be at least {low}")
+        if high is not None and value > high:
+            raise ConfigError(f"{key}={value}: must be at most {high}")
+    for key in POSITIVE:
+        if not getattr(config, key) > 0:
+            raise ConfigError(f"{key}={getattr(config, key)}: must be more than 0")
+    for key in FRACTIONS:
+        if getattr(config, key) > 1:
+            raise ConfigError(f"{key}={getattr(config, key)}: must be at most 1 (a fraction of the image)")
+    if config.val == "fold" and config.folds < 2:
+        raise ConfigError(f"folds={config.folds}: must be at least 2 with val=fold")
     if config.val == "fold" and not 0 <= config.fold < config.folds:
         raise ConfigError(f"fold={config.fold}: expected 0..{config.folds - 1} with folds={config.folds}")
     if config.age_sigma < 0:
         raise ConfigError(f"age_sigma={config.age_sigma}: must be 0 (hard bands) or more")
-    from .tasks import get_task  # the task table knows which labels hold an age band
-
-    if config.age_sigma > 0 and not get_task(config.task).has_age:
+    if config.age_sigma > 0 and not TASKS[config.task].has_age:
         raise ConfigError(f"age_sigma={config.age_sigma}: task {config.task} has no age band to soften")
-    if not config.age_bounds[0] < config.age_bounds[1]:
-        raise ConfigError(f"age_bounds={config.age_bounds}: the lower edges must increase")
-    for key in ("epochs", "batch_size", "img_size"):
-        if getattr(config, key) < 1:
-            raise ConfigError(f"{key}={getattr(config, key)}: must be at least 1")
+    check_age_bounds(config.age_bounds)  # the check every band computation makes
+    if (config.mixup > 0 or config.cutmix > 0) and config.batch_size % 2:
+        raise ConfigError(f"batch_size={config.batch_size}: mixup / cutmix pair the images of a batch, use an even size")
+    check_augment(config.augment)
+    for view in config.tta:
+        tta_view_zoom(view)
+    load_fixes(config.label_fixes)  # a missing or malformed fixes file fails now, not after loading images
+
+
+def config_yaml(config: Config) -> str:
+    """The config as written to a run folder's config.yaml (and printed by ``train --print-config``)."""
+    return yaml.safe_dump(config.to_dict(), sort_keys=False)
 
 
 def save_config(config: Config, path: Path) -> None:
     from .io import atomic_write_text
 
-    atomic_write_text(path, yaml.safe_dump(config.to_dict(), sort_keys=False))
+    atomic_write_text(path, config_yaml(config))
 
 
 def config_from_dict(values: dict) -> Config:

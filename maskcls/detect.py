@@ -2,7 +2,7 @@
 classify it, and every face becomes one row; ``annotate`` draws the boxes and labels onto the photo.
 
 A face is always cut out before it is classified, whatever a run's ``crop`` setting: the MTCNN box grown by
-the run's ``crop_margin`` and clipped to the photo (``crop.crop_box``, the code that cut the training crops).
+the run's ``crop_margin`` and clipped to the photo (``faces.crop_box``, the code that cut the training crops).
 A run trained on whole or centre-cropped photos (``crop: none`` / ``center``) therefore sees a tighter framing
 than it trained on, but a group photo is never fed to a classifier whole.
 
@@ -25,18 +25,17 @@ import pandas as pd
 from PIL import Image, ImageDraw, ImageFont
 from torch import nn
 
-from .data.crop import DEFAULT_THRESHOLDS, LOOSE, CropSettings, Face, create_detector, crop_box, detect_faces
-from .data.dataset import ImageDataset
-from .data.images import open_rgb
+from .data.dataset import build_dataset
+from .data.faces import (DEFAULT_THRESHOLDS, LOOSE, CropSettings, Face, create_detector, crop_box, detect_faces,
+                         face_in_image)
+from .data.images import PHOTO_SUFFIXES, open_rgb
 from .data.labels import class_name, encode
 from .data.layout import DataError
 from .engine import Engine, pick_device
-from .io import atomic_path, atomic_write_text
-from .submit import Run, build_views, inference_model, load_run, note_path, predict_probs, tta_views
+from .io import atomic_path, atomic_write_text, note_path
+from .infer import Run, build_views, inference_engine, inference_model, load_run, predict_probs, tta_views
 from .tasks import SPECIALISTS, get_task
-from .transforms import build_transforms
 
-PHOTO_SUFFIXES = (".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 COLUMNS = ("file", "status", "face", "x1", "y1", "x2", "y2", "det_prob", "mask", "mask_prob", "gender",
            "gender_prob", "age", "age_prob", "label", "class")
 MASK_COLOURS = {"wear": (0, 170, 0), "incorrect": (235, 140, 0), "not_wear": (215, 0, 0)}
@@ -54,6 +53,10 @@ class DetectSettings:
     # eyes and whole-head boxes, which are dropped as repeats of a face the first pass found (MAX_OVERLAP).
     passes: tuple[tuple[float, float, float], ...] = (DEFAULT_THRESHOLDS, LOOSE)
     min_face_size: int = 20  # pixels: the smallest face MTCNN's image pyramid looks for
+    # MTCNN looks at a copy whose longer side is at most this (0: the photo as is): its pyramid's time and
+    # memory grow with the area (a 10000 x 10000 photo took minutes and 8 GB). Faces are cut from the original;
+    # a face under min_face_size x (longer side / max_side) pixels of the original is missed.
+    max_side: int = 1600
     tta: bool = False
     runtime: str = "torch"  # torch | onnx (the runs' exported <which>.onnx)
     device: str = "auto"
@@ -123,14 +126,28 @@ def load_specialists(runs: dict[str, Sequence[str | Path]], which: str = "best",
 
 # --- crops and classification -----------------------------------------------------------------------
 
-def find_faces(images: Sequence[Image.Image], detectors: Sequence, min_prob: float) -> list[list[Face]]:
+def find_faces(images: Sequence[Image.Image], detectors: Sequence, min_prob: float,
+               max_side: int = 0) -> list[list[Face]]:
     """Every face of each image at ``min_prob`` or above, left to right: the first detector's faces, then each
-    later detector's that do not repeat one already found."""
+    later detector's that do not repeat one already found. Detected on ``detection_copy`` (``max_side``),
+    boxes in the image's own pixels."""
+    copies = [detection_copy(image, max_side) for image in images]
     found: list[list[Face]] = [[] for _ in images]
     for detector in detectors:
-        for kept, faces in zip(found, detect_faces(list(images), detector, min_prob)):
+        for kept, faces, image, copy in zip(found, detect_faces(copies, detector, min_prob), images, copies):
+            faces = [face_in_image(face, "image", image.size, copy.size) for face in faces]
             kept += [face for face in faces if all(_overlap(face.box, other.box) <= MAX_OVERLAP for other in kept)]
     return [sorted(faces, key=lambda face: (face.box[0], face.box[1])) for faces in found]
+
+
+def detection_copy(image: Image.Image, max_side: int) -> Image.Image:
+    """``image`` shrunk so that its longer side is ``max_side`` (as it is when already smaller, or ``max_side``
+    is 0)."""
+    if not max_side or max(image.size) <= max_side:
+        return image
+    scale = max_side / max(image.size)
+    size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
+    return image.resize(size, Image.BILINEAR, reducing_gap=2.0)  # reducing_gap: a fast box pre-shrink
 
 
 def _overlap(a: Sequence[float], b: Sequence[float]) -> float:
@@ -153,8 +170,7 @@ def classify(specialist: Specialist, photos: Sequence[tuple[Image.Image, Sequenc
     probs = []
     for run, model in zip(specialist.runs, specialist.models):
         crops = [crop for image, faces in photos for crop in face_crops(image, faces, run.config)]
-        transform = build_transforms(run.config.augment, run.config.img_size, run.mean, run.std, train=False)
-        dataset = ImageDataset(list(range(len(crops))), None, transform, crops.__getitem__)
+        dataset = build_dataset(run.config, range(len(crops)), run.mean, run.std, image_loader=crops.__getitem__)
         views = build_views(tta_views(run.config, settings.tta))
         probs.append(predict_probs(model, dataset, engine, views, run.config.batch_size,
                                    desc=f"{specialist.task} {run.run_dir.name}"))
@@ -251,13 +267,13 @@ class FaceChecker:
                detectors: Sequence | None = None) -> FaceChecker:
         device = pick_device(settings.device)
         detectors = detectors or [create_detector(t, settings.min_face_size, device) for t in settings.passes]
-        first = specialists[0].runs[0].config
-        return cls(specialists, settings, detectors, Engine(device, first.amp, first.channels_last, workers=0))
+        engine = inference_engine(specialists[0].runs[0].config, settings.device, workers=0)  # crops are in memory
+        return cls(specialists, settings, detectors, engine)
 
     def rows(self, photos: Sequence[tuple[str, Image.Image]]) -> list[list[dict]]:
         """Each (file name, RGB image)'s rows: its faces found, cropped and classified together."""
         images = [image for _, image in photos]
-        found = find_faces(images, self.detectors, self.settings.min_prob) if photos else []
+        found = find_faces(images, self.detectors, self.settings.min_prob, self.settings.max_side) if photos else []
         pairs = list(zip(images, found))
         probs = ({s.task: classify(s, pairs, self.settings, self.engine) for s in self.specialists}
                  if any(found) else {})

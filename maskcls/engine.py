@@ -13,7 +13,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import torch
 import torch.distributed as dist
 from torch import nn
@@ -22,15 +21,14 @@ from torch.utils.data import DataLoader, DistributedSampler, WeightedRandomSampl
 
 from .config import Config, save_config
 from .data import DataError, load_train, split_images
-from .data.dataset import ImageDataset, seed_worker
+from .data.dataset import ImageDataset, build_dataset, seed_worker
 from .data.samplers import DistributedWeightedSampler, ShardedSampler
-from .io import atomic_write_csv
 from .losses import build_loss
 from .metrics import accuracy, confusion, macro_f1
-from .models import build_model, model_mean_std
+from .models import build_model, model_mean_std, resolve_pretrained
 from .progress import progress
 from .tasks import get_task
-from .transforms import build_transforms
+from .transforms import build_mixup
 
 
 def pick_device(name: str = "auto") -> torch.device:
@@ -91,8 +89,10 @@ class Engine:
             dist.destroy_process_group()
 
     @classmethod
-    def from_config(cls, config: Config) -> "Engine":
-        return cls(pick_device(config.device), config.amp, config.channels_last, config.workers)
+    def from_config(cls, config: Config, device: str | None = None, workers: int | None = None) -> "Engine":
+        """The config's engine; ``device`` and ``workers`` override the config's (inference picks its own)."""
+        return cls(pick_device(device or config.device), config.amp, config.channels_last,
+                   config.workers if workers is None else workers)
 
     @property
     def is_main(self) -> bool:
@@ -188,12 +188,16 @@ class Engine:
         return values[0]
 
 
-def train_one_epoch(model, loader, loss_fn, optimizer, scheduler, engine: Engine, desc: str = "train") -> dict:
+def train_one_epoch(model, loader, loss_fn, optimizer, scheduler, engine: Engine, desc: str = "train",
+                    mix=None) -> dict:
+    """One pass over ``loader``; ``mix`` (transforms.build_mixup), when given, mixes each batch and its targets."""
     model.train()
     total_loss, seen, start = 0.0, 0, time.perf_counter()
     bar = progress(loader, desc=desc, disable=None if engine.is_main else True)
     for images, targets in bar:
         images, targets = engine.to_device(images, targets)
+        if mix is not None:
+            images, targets = mix(images, targets)
         with engine.autocast():
             loss = loss_fn(model(images), targets)
         if not torch.isfinite(loss):
@@ -243,7 +247,7 @@ def lr_factor(step: int, steps_per_epoch: int, config: Config) -> float:
     """Multiplier of the base lr after ``step`` optimizer steps: linear warm-up, then cosine or step decay."""
     warmup_steps = config.warmup_epochs * steps_per_epoch
     if step < warmup_steps:
-        return (step + 1) / warmup_steps
+        return min(1.0, (step + 1) / warmup_steps)  # a warm-up shorter than one step never overshoots the lr
     if config.scheduler == "step":
         return config.step_gamma ** ((step // steps_per_epoch) // config.step_epochs)
     total_steps = config.epochs * steps_per_epoch
@@ -281,12 +285,10 @@ def build_datasets(config: Config, mean, std) -> TrainData:
     weights = (1.0 / np.maximum(counts, 1))[targets] if config.sampler == "weighted" else None
 
     def dataset(table, train):
-        transform = build_transforms(config.augment, config.img_size, mean, std, train=train)
         # soft targets train only: validation scores the hard bands the eval set is labelled with
         soft = train and config.age_sigma > 0
         labels = task.soft_targets(table, config.age_bounds, config.age_sigma) if soft else table[task.label_column]
-        return ImageDataset(table["path"].tolist(), labels, transform, image_loader,
-                            preload_size=config.img_size if config.preload else None)
+        return build_dataset(config, table["path"], mean, std, train, labels, image_loader, config.preload)
 
     val = dataset(val_images, False) if val_images is not None and not val_images.empty else None
     return TrainData(dataset(train_images, True), val, counts, weights)
@@ -294,7 +296,7 @@ def build_datasets(config: Config, mean, std) -> TrainData:
 
 def fit(config: Config, resume: Path | None = None) -> Path:
     """Train ``config.task`` and return the run folder; with ``resume``, continue from its last.pt."""
-    from .checkpoint import load_checkpoint, next_run_dir, save_checkpoint
+    from .checkpoint import claim_run_dir, load_checkpoint, save_checkpoint
     from .run_log import RunLog
 
     task = get_task(config.task)
@@ -307,19 +309,26 @@ def fit(config: Config, resume: Path | None = None) -> Path:
         engine.close()
         return Path(resume)
     # on resume the weights come from last.pt: never fetch or map pretrained ones again
-    model = build_model(config if state is None else dataclasses.replace(config, pretrained="none"))
+    weights = "none" if state is not None else resolve_pretrained(config.backbone, config.pretrained)
+    if engine.is_main and state is None:
+        print(f"{config.task}: {config.backbone}, weights {weights} (pretrained={config.pretrained})", flush=True)
+    model = build_model(dataclasses.replace(config, pretrained=weights))
     mean, std = model_mean_std(model)
     data = build_datasets(config, mean, std)
     model = engine.setup_model(model)
     loss_fn = build_loss(config, task.num_classes, data.class_counts).to(engine.device)
+    mix = build_mixup(config, task.num_classes)
     optimizer = build_optimizer(config, model)
     train_loader = engine.loader(data.train, config.batch_size, train=True, seed=config.seed,
                                  sample_weights=data.sample_weights)
     scheduler = build_scheduler(config, optimizer, len(train_loader))
     val_loader = engine.loader(data.val, config.batch_size, train=False) if data.val is not None else None
 
-    run_dir = Path(resume) if resume else next_run_dir(Path(config.project), config.task, config.name)
-    run_dir = engine.broadcast(run_dir)  # rank 0's choice: the folders other nodes see may differ
+    if resume:
+        run_dir = Path(resume)
+    else:  # rank 0 claims the folder, the others take its word: the folders other nodes see may differ
+        claimed = claim_run_dir(Path(config.project), config.task, config.name) if engine.is_main else None
+        run_dir = engine.broadcast(claimed)
     start_epoch, best_f1 = 0, -1.0
     if state is not None:
         _unwrap(model).load_state_dict(state["model"])
@@ -341,7 +350,8 @@ def fit(config: Config, resume: Path | None = None) -> Path:
         data.train.transform.set_random_seed(engine.rank_seed(config.seed + epoch))
         lr = optimizer.param_groups[0]["lr"]
         row = {"epoch": epoch, "lr": lr, **train_one_epoch(model, train_loader, loss_fn, optimizer, scheduler,
-                                                           engine, desc=f"{config.task} {epoch + 1}/{config.epochs}")}
+                                                           engine, desc=f"{config.task} {epoch + 1}/{config.epochs}",
+                                                           mix=mix)}
         improved = val_loader is None
         if val_loader is not None:
             val = evaluate(model, val_loader, loss_fn, engine, task.num_classes)

@@ -59,7 +59,7 @@ def score(targets, preds) -> dict:
                               "predicted": np.bincount(preds, minlength=NUM_CLASSES), "precision": precision,
                               "recall": recall, "f1": f1})
     true_parts, pred_parts = decode(targets), decode(preds)  # (mask, gender, age)
-    parts = dict(zip(("mask", "gender", "age"), zip(true_parts, pred_parts)))
+    parts = dict(zip(SPECIALISTS, zip(true_parts, pred_parts)))
     tasks = {task: macro_f1(*parts[task], get_task(task).num_classes) for task in SPECIALISTS}
     return {"macro_f1": macro_f1(targets, preds, NUM_CLASSES), "accuracy": accuracy(targets, preds),
             "tasks": tasks, "per_class": per_class, "confusion": confusion(targets, preds, NUM_CLASSES),
@@ -94,8 +94,7 @@ def compare_files(a: str | Path, b: str | Path) -> list[str]:
     x, y = first.to_numpy(), second.to_numpy()
     differ = x != y
     lines = [f"{int(differ.sum())} of {len(x)} answers differ ({differ.mean():.1%})"]
-    by_task = [f"{task} {int((px != py).sum())}" for task, px, py in zip(("mask", "gender", "age"),
-                                                                         decode(x), decode(y))]
+    by_task = [f"{task} {int((px != py).sum())}" for task, px, py in zip(SPECIALISTS, decode(x), decode(y))]
     lines.append("differ by task: " + "  ".join(by_task))
     classes = range(NUM_CLASSES)
     table = pd.DataFrame({"class": list(classes), "name": [class_name(k) for k in classes],

@@ -1,9 +1,10 @@
-"""ONNX export: one file per run, checked against PyTorch with onnxruntime, and the runner behind ``--engine onnx``.
+"""ONNX export: one file per run, checked against PyTorch with onnxruntime (``infer.OnnxRunner`` runs it behind
+``--engine onnx``).
 
 Each run's ``<which>.pt`` becomes ``<which>.onnx`` beside it: input ``images`` (batch, 3, img_size,
 img_size), normalised as the run's eval transforms leave them, with a dynamic batch axis; output ``logits``
 (batch, classes). Softmax stays outside the graph, so the file and the PyTorch model answer the same way:
-TTA averages the softmax of each view's logits in ``submit.TTAModel`` for both engines. A deployer takes
+TTA averages the softmax of each view's logits in ``infer.TTAModel`` for both engines. A deployer takes
 ``softmax(logits)``; the metadata holds the class names, mean, std and image size to prepare the input.
 
 The export goes through torch's default exporter (``torch.onnx.export(dynamo=True)``, needs ``onnxscript``),
@@ -20,7 +21,10 @@ import torch
 from torch import nn
 
 from .data.crop import file_hash
-from .data.layout import DataError
+from .data.dataset import build_dataset
+from .data.images import PHOTO_SUFFIXES
+from .errors import DataError, ExportError
+from .infer import OnnxRunner, checkpoint_file, load_run, onnx_path
 from .io import atomic_path
 from .tasks import get_task
 
@@ -28,64 +32,6 @@ PARITY_ATOL = 1e-4  # max |p_onnx - p_torch| over every class probability of eve
 CHECK_IMAGES = 8  # real images per parity check: the first in sorted order of the check folder
 _OPSET = 18
 
-
-class ExportError(ValueError):
-    """An export that fails or disagrees with PyTorch, or an ONNX file that is missing or stale; names the file."""
-
-
-def checkpoint_file(run_dir: str | Path, which: str = "best") -> Path:
-    """``<run>/<which>.pt``, or the .pt file itself when given one."""
-    path = Path(run_dir)
-    return path / f"{which}.pt" if path.is_dir() else path
-
-
-def onnx_path(run_dir: str | Path, which: str = "best") -> Path:
-    """``<run>/<which>.onnx``: beside the checkpoint it was exported from."""
-    return checkpoint_file(run_dir, which).with_suffix(".onnx")
-
-
-# --- running an exported file -----------------------------------------------------------------------
-
-class OnnxRunner(nn.Module):
-    """An ONNX file behind the PyTorch model's interface: an images tensor in, a logits tensor out (on the
-    images' device). onnxruntime runs on the CPU whatever the device of the surrounding TTA."""
-
-    def __init__(self, path: str | Path, threads: int = 0):
-        super().__init__()
-        try:
-            import onnxruntime as ort
-        except ImportError:
-            raise ExportError(f"{path}: running ONNX needs onnxruntime: pip install 'maskcls[onnx]'") from None
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads  # 0: onnxruntime's default, one per physical core
-        options.log_severity_level = 3  # errors only: its warnings about unused initialisers are noise here
-        try:
-            self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-        except Exception as err:  # onnxruntime raises its own exception types for bad files
-            raise ExportError(f"{path}: cannot be loaded by onnxruntime ({type(err).__name__}: {err})") from None
-        self.input_name = self.session.get_inputs()[0].name
-        self.metadata = dict(self.session.get_modelmeta().custom_metadata_map)
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        array = images.detach().float().cpu().contiguous().numpy()  # channels-last tensors become NCHW here
-        logits = self.session.run(None, {self.input_name: array})[0]
-        return torch.from_numpy(logits).to(images.device)
-
-
-def load_onnx_model(run) -> OnnxRunner:
-    """The ``<which>.onnx`` of a loaded ``submit.Run``, refused when missing or exported from another checkpoint."""
-    path = onnx_path(run.run_dir, run.which)
-    export_hint = f"run: maskcls export onnx --{run.task} {run.run_dir}"
-    if not path.is_file():
-        raise ExportError(f"{path}: no ONNX export of {checkpoint_file(run.run_dir, run.which).name}; {export_hint}")
-    runner = OnnxRunner(path)
-    source = checkpoint_file(run.run_dir, run.which)
-    if runner.metadata.get("checkpoint_sha1") != file_hash(source):
-        raise ExportError(f"{path}: exported from another {source.name} (the checkpoint changed since); {export_hint}")
-    return runner
-
-
-# --- exporting --------------------------------------------------------------------------------------
 
 @dataclass
 class ExportResult:
@@ -99,8 +45,6 @@ class ExportResult:
 
 def check_images_of(config, folder: str | Path | None = None, limit: int = CHECK_IMAGES) -> list[Path]:
     """The first ``limit`` image files of ``folder`` (default: the run's ``<data_dir>/eval/images``)."""
-    from .detect import PHOTO_SUFFIXES
-
     folder = Path(folder) if folder else Path(config.data_dir) / "eval" / "images"
     files = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in PHOTO_SUFFIXES) \
         if folder.is_dir() else []
@@ -111,8 +55,6 @@ def check_images_of(config, folder: str | Path | None = None, limit: int = CHECK
 
 def check_batch(run, files) -> torch.Tensor:
     """``files`` as the run's eval pipeline feeds them to the model: its face crops, resize, normalisation."""
-    from .submit import build_dataset
-
     dataset = build_dataset(run.config, [str(f) for f in files], run.mean, run.std)
     return torch.stack([dataset[i][0] for i in range(len(dataset))])
 
@@ -138,8 +80,6 @@ def build_onnx_program(model: nn.Module, img_size: int):
 
 def export_run(run_dir: str | Path, which: str = "best", check_folder: str | Path | None = None) -> ExportResult:
     """Export one run to ``<which>.onnx`` and check it; the file appears only when the check passes."""
-    from .submit import load_run
-
     run = load_run(run_dir, which)
     files = check_images_of(run.config, check_folder)
     images = check_batch(run, files)

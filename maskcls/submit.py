@@ -1,4 +1,4 @@
-"""Inference: eval images (or a run's own validation people) through one or several runs of a task, with
+"""Predictions and submissions: eval images (or a run's own validation people) through one or several runs of a task, with
 test-time augmentation, voted into one probability table, written as CSV with a JSON note beside it.
 
 The table has one row per image: ``ImageID`` (eval, in ``eval/info.csv`` order) or ``path`` (val, relative
@@ -12,155 +12,23 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Collection, Sequence
 
 import numpy as np
 import pandas as pd
-import torch
-from torch import nn
 
-from .checkpoint import load_model
-from .config import Config, ConfigError
-from .data import DEFAULT_AGE_BOUNDS, NUM_CLASSES, DataError, load_train, read_eval_images, split_images
-from .data.dataset import ImageDataset
-from .engine import Engine, pick_device, predict_logits
-from .io import atomic_path, atomic_write_text, is_main_process
-from .tasks import get_task
-from .transforms import build_transforms
+from .config import Config
+from .data import NUM_CLASSES, DataError, class_name, read_eval_images
+from .data.dataset import build_dataset
+from .engine import pick_device
+from .infer import (Run, build_views, image_table, inference_engine, inference_model, load_run,
+                    predict_probs, tta_views)
+from .io import atomic_path, atomic_write_text, is_main_process, note_path
+from .tasks import SPECIALISTS
 
-SPLITS = ("eval", "val")
 VOTES = ("soft", "hard")  # soft: mean probability; hard: majority of each run's argmax
 KEY_COLUMNS = {"eval": "ImageID", "val": "path"}
-
-
-@dataclass
-class Run:
-    """A trained run ready for inference: its folder, model (eval mode), config and normalisation."""
-
-    run_dir: Path
-    model: nn.Module
-    config: Config
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
-    which: str = "best"  # the checkpoint it came from: <which>.pt (and <which>.onnx once exported)
-
-    @property
-    def task(self) -> str:
-        return self.config.task
-
-
-def load_run(run_dir: str | Path, which: str = "best") -> Run:
-    if not Path(run_dir).exists():
-        raise DataError(f"{run_dir}: run folder does not exist")
-    model, config, state = load_model(Path(run_dir), which)
-    return Run(Path(run_dir), model, config, tuple(state["mean"]), tuple(state["std"]), which)
-
-
-RUNTIMES = ("torch", "onnx")  # `--engine`: PyTorch eager, or the run's exported ONNX file on onnxruntime
-
-
-def inference_model(run: Run, runtime: str = "torch") -> nn.Module:
-    """What predicts for ``run``: its PyTorch model, or its ``<which>.onnx`` (``maskcls export onnx``) on
-    onnxruntime behind the same interface (images in, logits out), so TTA and voting do not change."""
-    if runtime == "torch":
-        return run.model
-    if runtime == "onnx":
-        from .export import load_onnx_model
-
-        return load_onnx_model(run)
-    raise ValueError(f"engine {runtime!r}: expected one of {', '.join(RUNTIMES)}")
-
-
-# --- test-time augmentation -------------------------------------------------------------------------
-
-def _flip(images: torch.Tensor) -> torch.Tensor:
-    return torch.flip(images, dims=[3])
-
-
-def _centre_zoom(fraction: float) -> Callable[[torch.Tensor], torch.Tensor]:
-    """Centre crop of ``fraction`` of each side, resized back: a slightly zoomed-in view."""
-
-    def view(images: torch.Tensor) -> torch.Tensor:
-        height, width = images.shape[-2:]
-        crop_h, crop_w = max(1, round(height * fraction)), max(1, round(width * fraction))
-        top, left = (height - crop_h) // 2, (width - crop_w) // 2
-        crop = images[..., top:top + crop_h, left:left + crop_w]
-        # normalisation is per-channel affine, so resizing the normalised tensor equals resizing the image
-        return nn.functional.interpolate(crop.float(), size=(height, width), mode="bilinear",
-                                         align_corners=False, antialias=True).to(images.dtype)
-
-    return view
-
-
-def build_views(names: Sequence[str]) -> list[tuple[str, Callable[[torch.Tensor], torch.Tensor]]]:
-    """The original view, then each named one: ``flip`` (horizontal), ``scale<percent>`` (centre zoom)."""
-    views = [("orig", lambda images: images)]
-    for name in dict.fromkeys(names):  # in order, without repeats
-        match = re.fullmatch(r"scale(\d+)", name)
-        if name == "flip":
-            views.append((name, _flip))
-        elif match and 1 <= int(match[1]) < 100:
-            views.append((name, _centre_zoom(int(match[1]) / 100)))
-        elif name != "orig":
-            raise ConfigError(f"tta view {name!r}: expected flip or scale<percent> with percent in 1..99 "
-                              f"(e.g. scale90)")
-    return views
-
-
-def tta_views(config: Config, tta: bool) -> tuple[str, ...]:
-    """With ``tta``: the flip always, then the config's views; without: none (the original only)."""
-    return ("flip", *config.tta) if tta else ()
-
-
-class TTAModel(nn.Module):
-    """Returns the log of the softmax averaged over views, so argmax and ``exp`` give the averaged prediction."""
-
-    def __init__(self, model: nn.Module, views: Sequence[tuple[str, Callable]]):
-        super().__init__()
-        self.model = model
-        self.views = list(views)
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        probs = torch.stack([self.model(view(images)).float().softmax(1) for _, view in self.views]).mean(0)
-        return probs.clamp_min(1e-12).log()
-
-
-# --- images and probabilities ---------------------------------------------------------------------
-
-def image_table(config: Config, split: str, data_dir: str | Path) -> pd.DataFrame:
-    """Rows to predict: key column, ``path`` to open, and for val ``target`` (the task's) and ``label`` (18-class)."""
-    data_dir = Path(data_dir)
-    if split == "eval":
-        images = read_eval_images(data_dir)  # eval/info.csv and eval/images only
-        return pd.DataFrame({"ImageID": images["ImageID"], "file": images["path"]})
-    if split != "val":
-        raise ValueError(f"split {split!r}: expected one of {', '.join(SPLITS)}")
-    images = load_train(data_dir, DEFAULT_AGE_BOUNDS, config.label_fixes)
-    _, val = split_images(images, config.folds, config.fold, config.seed)
-    if val.empty:
-        raise DataError(f"{data_dir}: fold {config.fold} of {config.folds} holds no validation images")
-    return pd.DataFrame({"path": [Path(p).relative_to(data_dir).as_posix() for p in val["path"]],
-                         "file": val["path"], "target": val[get_task(config.task).label_column],
-                         "label": val["label"]})
-
-
-def build_dataset(config: Config, files: Sequence[str], mean, std) -> ImageDataset:
-    """Eval-mode transforms (resize, normalise) and the config's image loader (face crops)."""
-    from .data.crop import build_image_loader
-
-    transform = build_transforms(config.augment, config.img_size, mean, std, train=False)
-    return ImageDataset(list(files), None, transform, build_image_loader(config))
-
-
-def predict_probs(model: nn.Module, dataset, engine: Engine, views=None, batch_size: int = 64,
-                  desc: str = "predict") -> np.ndarray:
-    """(images, classes) probabilities in dataset order, averaged over ``views`` (default: the original only)."""
-    tta = engine.setup_model(TTAModel(model, views or build_views(())))
-    loader = engine.loader(dataset, batch_size, train=False)
-    log_probs, _ = predict_logits(tta, loader, engine, desc=desc)
-    return log_probs.exp().numpy()
 
 
 def vote(probs: np.ndarray, how: str = "soft") -> np.ndarray:
@@ -185,20 +53,18 @@ def vote(probs: np.ndarray, how: str = "soft") -> np.ndarray:
     return (votes + mean) / (count + 1)
 
 
-def _engine(config: Config, device: str) -> Engine:
-    return Engine(pick_device(device), config.amp, config.channels_last, config.workers)
-
-
 def predict_run(run: Run, split: str, data_dir: str | Path, tta: bool = False, device: str = "auto",
-                runtime: str = "torch") -> pd.DataFrame:
-    """One run's table: key column, ``p0..``, and for val ``target``/``label``."""
+                runtime: str = "torch", skip: Collection[str] = ()) -> pd.DataFrame:
+    """One run's table: key column, ``p0..``, and for val ``target``/``label``; without the images ``skip`` lists
+    (their paths)."""
     if split == "val" and run.config.val != "fold":
         raise DataError(f"{run.run_dir}: trained on everyone (val={run.config.val}): it has no validation people")
     config = dataclasses.replace(run.config, data_dir=str(data_dir))  # crops and caches follow the data
     rows = image_table(config, split, data_dir)
+    rows = rows[~rows["file"].isin(skip)] if skip else rows
     views = build_views(tta_views(config, tta))
     dataset = build_dataset(config, rows["file"], run.mean, run.std)
-    probs = predict_probs(inference_model(run, runtime), dataset, _engine(config, device), views, config.batch_size,
+    probs = predict_probs(inference_model(run, runtime), dataset, inference_engine(config, device), views, config.batch_size,
                           desc=f"{config.task} {split} {run.run_dir.name}")
     table = rows.drop(columns="file")
     for k in range(probs.shape[1]):
@@ -208,7 +74,7 @@ def predict_run(run: Run, split: str, data_dir: str | Path, tta: bool = False, d
 
 def predict_runs(run_dirs: Sequence[str | Path], split: str, data_dir: str | Path, tta: bool = False,
                  how: str = "soft", which: str = "best", device: str = "auto", task: str | None = None,
-                 runtime: str = "torch"):
+                 runtime: str = "torch", skip: Collection[str] = ()):
     """(table, note): the runs' predictions voted per image.
 
     For val each run predicts its own held-out people, and an image is voted over the runs that held it
@@ -225,7 +91,7 @@ def predict_runs(run_dirs: Sequence[str | Path], split: str, data_dir: str | Pat
             raise DataError(f"{run_dir}: is a {run.task} run, {runs[0].run_dir} a {runs[0].task} run; "
                             f"vote only runs of one task")
         runs.append(run)
-        tables.append(predict_run(run, split, data_dir, tta, device, runtime))
+        tables.append(predict_run(run, split, data_dir, tta, device, runtime, skip))
         run.model = None  # one model in memory at a time
     return merge_tables(tables, [r.run_dir for r in runs], split, how), {
         "task": runs[0].task, "split": split, "runs": [str(r.run_dir.resolve()) for r in runs], "which": which,
@@ -260,11 +126,6 @@ def default_output(run_dirs: Sequence[str | Path], split: str, tta: bool, how: s
     return Path(run_dirs[0]) / f"pred_{split}{'_tta' if tta else ''}{suffix}.csv"
 
 
-def note_path(csv_path: str | Path) -> Path:
-    """The JSON note beside a prediction CSV: task, split, runs, views, vote, data folder."""
-    return Path(csv_path).with_suffix(".json")
-
-
 def write_predictions(table: pd.DataFrame, path: str | Path, note: dict) -> Path:
     if not is_main_process():  # under torchrun every rank holds the same table; one writes it
         return Path(path)
@@ -277,62 +138,129 @@ def write_predictions(table: pd.DataFrame, path: str | Path, note: dict) -> Path
 # --- the submit command -----------------------------------------------------------------------------
 
 def newest_run(project: str | Path, task: str, which: str = "best") -> Path:
-    """The run folder under ``<project>/<task>/`` whose ``best.pt`` (or ``which``) was written last."""
+    """The run (or CV folder) under ``<project>/<task>/`` whose ``best.pt`` (or ``which``) was written last."""
+    from .runs import checkpoint_time
+
     folder = Path(project) / task
-    runs = [d for d in folder.iterdir() if (d / f"{which}.pt").is_file()] if folder.is_dir() else []
+    times = {d: checkpoint_time(d, which) for d in folder.iterdir()} if folder.is_dir() else {}
+    runs = [d for d, time in times.items() if time is not None]
     if not runs:
         raise DataError(f"{folder}: no run with a {which}.pt; train one (maskcls train {task}) or pass --{task} RUN")
-    return max(runs, key=lambda d: (d / f"{which}.pt").stat().st_mtime)
+    return max(runs, key=times.get)
+
+
+def run_configs(run_dirs: Sequence[str | Path], which: str = "best") -> list[Config]:
+    """The config each run (folder or .pt file) was trained with, read from its checkpoint."""
+    from .checkpoint import checkpoint_config, load_checkpoint
+
+    return [checkpoint_config(load_checkpoint(Path(r) / f"{which}.pt" if Path(r).is_dir() else Path(r)))
+            for r in run_dirs]
 
 
 def common_data_dir(run_dirs: Sequence[str | Path], which: str = "best") -> Path:
     """The data folder every run was trained on; refuses runs that disagree (pass --data-dir then)."""
-    from .checkpoint import checkpoint_config, load_checkpoint
-
     found = {}
-    for run_dir in run_dirs:
-        path = Path(run_dir) / f"{which}.pt" if Path(run_dir).is_dir() else Path(run_dir)
-        found.setdefault(Path(checkpoint_config(load_checkpoint(path)).data_dir).resolve(), run_dir)
+    for run_dir, config in zip(run_dirs, run_configs(run_dirs, which)):
+        found.setdefault(Path(config.data_dir).resolve(), run_dir)
     if len(found) > 1:
         (a, run_a), (b, run_b) = list(found.items())[:2]
         raise DataError(f"{run_b}: trained on {b}, {run_a} on {a}; pass --data-dir")
     return next(iter(found))
 
 
-def make_submission(runs: dict[str, list[Path]], out: Path, data_dir: Path | None = None, tta: bool = False,
-                    bias_option: str | None = None, which: str = "best", device: str = "auto") -> list[str]:
-    """``maskcls submit``: predict eval with each task's runs (probability CSVs into the run folders),
-    combine with the tuned bias when there is one, write ``out`` atomically. Returns the lines to print."""
-    from .combine import answer_counts, predictions_from_table, resolve_bias, submission, write_submission
+def crop_eval_once(configs: Sequence[Config], data_dir: Path, device: str = "auto") -> list[str]:
+    """The eval images' MTCNN face crops into the crop cache (``maskcls crop``'s) before any run predicts, once
+    per crop setting among ``configs``: every task's image loader then reads them, where each would otherwise
+    detect every face again. Returns the lines to print."""
+    from .data.crop import CropSettings, run_crop
 
-    data_dir = Path(data_dir) if data_dir else common_data_dir([r for rs in runs.values() for r in rs], which)
+    lines, done = [], set()
+    for config in configs:
+        settings = CropSettings.from_config(config)
+        if config.crop != "mtcnn" or (settings, config.crop_cache) in done:
+            continue
+        done.add((settings, config.crop_cache))
+        summary = run_crop(data_dir, settings, cache_dir=config.crop_cache or None, device=pick_device(device),
+                           sheet=False, splits=("eval",))
+        lines.append(f"crops: {summary.cropped_now} eval image(s) cropped now, "
+                     f"{summary.images.get('eval', 0) - summary.cropped_now} from the cache {summary.cache_dir}")
+    return lines
+
+
+def unreadable_eval_images(data_dir: Path) -> dict[str, tuple[str, str]]:
+    """ImageID -> (path, why) for each eval image that does not decode (each decoded once, in threads)."""
+    from .data.layout import decode_problems
+    from .progress import progress
+
+    images = read_eval_images(data_dir)
+    problems = {str(p.path): str(p) for p in decode_problems(
+        images["path"], progress=lambda xs, total: progress(xs, total=total, desc="decode eval"))}
+    return {image_id: (path, problems[path]) for image_id, path in zip(images["ImageID"], images["path"])
+            if path in problems}
+
+
+def with_fallback(frame: pd.DataFrame, ids: Sequence[str],
+                  unreadable: dict[str, tuple[str, str]]) -> tuple[pd.DataFrame, list[str]]:
+    """``frame`` (ImageID, ans) completed to every ImageID of ``ids``, in order: each unreadable one gets the most
+    frequent answer of the others (the lower class on a tie). Also the warning lines that name them."""
+    if not unreadable:
+        return frame, []
+    if frame.empty:
+        raise DataError(f"no eval image decodes; the first: {next(iter(unreadable.values()))[1]}")
+    fallback = int(frame["ans"].value_counts().sort_index().idxmax())
+    answers = frame.set_index("ImageID")["ans"].reindex(list(ids)).fillna(fallback).astype(int)
+    lines = [f"warning: {why}" for _, why in unreadable.values()]
+    lines.append(f"warning: {len(unreadable)} eval image(s) unreadable, each answered {fallback} "
+                 f"({class_name(fallback)}), the most frequent answer of the others: {', '.join(unreadable)}")
+    return pd.DataFrame({"ImageID": list(ids), "ans": answers.to_numpy()}), lines
+
+
+def make_submission(runs: dict[str, list[Path]], out: Path, data_dir: Path | None = None, tta: bool = False,
+                    bias_option: str | None = None, which: str = "best", device: str = "auto",
+                    on_bad_image: str = "fail") -> list[str]:
+    """``maskcls submit``: predict eval with each task's runs (probability CSVs into the run folders),
+    combine with the tuned bias when there is one, write ``out`` atomically. Returns the lines to print
+    (``warning:`` lines name unreadable images answered by ``on_bad_image=fallback``)."""
+    from .bias import resolve_bias
+    from .combine import answer_counts, predictions_from_table, submission, write_submission
+
+    run_dirs = [r for rs in runs.values() for r in rs]
+    data_dir = Path(data_dir) if data_dir else common_data_dir(run_dirs, which)
     # settle the bias before the slow part, so a bad --bias fails at once
     bias, which_bias = resolve_bias(bias_option, {task: [str(Path(r).resolve()) for r in rs] for task, rs in runs.items()})
-    lines, predictions = [f"data: {data_dir}"], {}
-    for task in ("mask", "gender", "age"):
-        table, note = predict_runs(runs[task], "eval", data_dir, tta, "soft", which, device, task=task)
+    lines, predictions = [f"data: {data_dir}", *crop_eval_once(run_configs(run_dirs, which), data_dir, device)], {}
+    unreadable = unreadable_eval_images(data_dir) if on_bad_image == "fallback" else {}
+    skip = {path for path, _ in unreadable.values()}
+    for task in SPECIALISTS:
+        table, note = predict_runs(runs[task], "eval", data_dir, tta, "soft", which, device, task=task, skip=skip)
         path = write_predictions(table, default_output(runs[task], "eval", tta, "soft"), note)
         predictions[task] = predictions_from_table(table, task, path, note)
         used = ", ".join(map(str, runs[task]))
         lines.append(f"{task}: {used} ({which}.pt; views {'+'.join(note['views'])}) -> {path}")
     ids = read_eval_images(data_dir)["ImageID"].tolist()
-    frame = submission(predictions, ids, data_dir / "eval" / "info.csv", None if bias is None else bias.values)
+    readable = [i for i in ids if i not in unreadable]
+    frame = submission(predictions, readable, data_dir / "eval" / "info.csv", None if bias is None else bias.values)
+    frame, warnings = with_fallback(frame, ids, unreadable)
     write_submission(frame, out)
     return lines + [which_bias, f"wrote {out}: {len(frame)} images in the order of {data_dir / 'eval' / 'info.csv'}",
-                    answer_counts(frame["ans"])]
+                    answer_counts(frame["ans"]), *warnings]
 
 
 def make_joint_submission(runs: list[Path], out: Path, data_dir: Path | None = None, tta: bool = False,
-                          which: str = "best", device: str = "auto") -> list[str]:
+                          which: str = "best", device: str = "auto", on_bad_image: str = "fail") -> list[str]:
     """The single 18-class model's submission: the argmax of its (voted) probabilities, in info.csv order."""
     from .combine import answer_counts, write_submission
 
     data_dir = Path(data_dir) if data_dir else common_data_dir(runs, which)
-    table, note = predict_runs(runs, "eval", data_dir, tta, "soft", which, device, task="joint")
+    lines = crop_eval_once(run_configs(runs, which), data_dir, device)
+    unreadable = unreadable_eval_images(data_dir) if on_bad_image == "fallback" else {}
+    table, note = predict_runs(runs, "eval", data_dir, tta, "soft", which, device, task="joint",
+                               skip={path for path, _ in unreadable.values()})
     path = write_predictions(table, default_output(runs, "eval", tta, "soft"), note)
     probs = table[[f"p{k}" for k in range(NUM_CLASSES)]].to_numpy()
     frame = pd.DataFrame({"ImageID": table["ImageID"], "ans": probs.argmax(1)})
+    frame, warnings = with_fallback(frame, read_eval_images(data_dir)["ImageID"].tolist(), unreadable)
     write_submission(frame, out)
-    return [f"joint: {', '.join(map(str, runs))} ({which}.pt; views {'+'.join(note['views'])}) -> {path}",
+    return [*lines, f"joint: {', '.join(map(str, runs))} ({which}.pt; views {'+'.join(note['views'])}) -> {path}",
             f"wrote {out}: {len(frame)} images in the order of {data_dir / 'eval' / 'info.csv'}",
-            answer_counts(frame["ans"])]
+            answer_counts(frame["ans"]), *warnings]

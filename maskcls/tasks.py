@@ -6,6 +6,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from .errors import ConfigError
 from .data.labels import AGE_NAMES, GENDER_NAMES, MASK_NAMES, NUM_CLASSES, class_name, soft_age_bands
 
 
@@ -39,10 +40,11 @@ TASKS = {
     # the usual single-model baseline: all 18 classes at once
     "joint": Task("joint", "label", tuple(class_name(i) for i in range(NUM_CLASSES)), has_age=True),
 }
-SPECIALISTS = ("mask", "gender", "age")
+# the three specialists, in the order of the 18-class label's parts (mask * 6 + gender * 3 + age: decode's order)
+SPECIALISTS = tuple(name for name in TASKS if name != "joint")
 
 
 def get_task(name: str) -> Task:
     if name not in TASKS:
-        raise ValueError(f"unknown task {name!r}; expected one of {', '.join(TASKS)}")
+        raise ConfigError(f"unknown task {name!r}; expected one of {', '.join(TASKS)}")
     return TASKS[name]

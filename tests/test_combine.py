@@ -11,8 +11,8 @@ import yaml
 from typer.testing import CliRunner
 
 from maskcls.cli import app
-from maskcls.combine import (Bias, Predictions, combine, fast_macro_f1, load_bias, person_of, resolve_bias, save_bias,
-                             tune_bias)
+from maskcls.bias import Bias, load_bias, person_of, resolve_bias, save_bias, tune_bias
+from maskcls.combine import Predictions, combine
 from maskcls.data import DataError, decode, read_eval_images
 from maskcls.metrics import macro_f1
 
@@ -119,8 +119,8 @@ def _drop_class_column(path):
 
 
 @pytest.mark.parametrize("task,edit,message", [
-    ("age", _drop_row, "does not cover the images of"),
-    ("gender", _add_row, "1 extra (e.g. stranger.jpg)"),
+    ("age", _drop_row, "lacks 1 image(s) the other tables hold"),
+    ("gender", _add_row, "holds 1 image(s) the other tables lack (e.g. stranger.jpg)"),
     ("mask", _duplicate_row, "duplicated ImageID"),
     ("age", _not_probabilities, "are not probabilities"),
     ("age", _drop_class_column, "a age prediction has 3"),
@@ -194,10 +194,14 @@ def rare_old_band(n=300, seed=0):
     return predictions, labels
 
 
+def probs_of(predictions: dict) -> dict:
+    return {task: p.probs for task, p in predictions.items()}
+
+
 def test_bias_tuning_raises_macro_f1_when_the_rare_class_is_under_predicted():
     predictions, labels = rare_old_band()
     assert not (combine(predictions) % 3 == 2).any()  # the plain argmax never says "old"
-    bias, before, after = tune_bias(predictions, labels)
+    bias, before, after = tune_bias(probs_of(predictions), labels)
     assert after > before + 0.1
     assert after == pytest.approx(macro_f1(labels, combine(predictions, bias.values), 18))
     assert bias.values["age"][2] - bias.values["age"][1] > np.log(0.55 / 0.40)  # old now beats 30-old for the old
@@ -216,9 +220,9 @@ def test_bias_tuning_with_groups_refuses_a_gain_that_one_person_carries():
     predictions = {"mask": Predictions(None, "mask", "path", keys, one_hot(zeros, 3), labels),
                    "gender": Predictions(None, "gender", "path", keys, one_hot(zeros, 2), labels),
                    "age": Predictions(None, "age", "path", keys, age_probs, labels)}
-    plain, before, after = tune_bias(predictions, labels)
+    plain, before, after = tune_bias(probs_of(predictions), labels)
     assert after > before and plain.values["age"][2] > plain.values["age"][1]  # the offset helps overall ...
-    guarded, before, after = tune_bias(predictions, labels, groups=[person_of(k) for k in keys])
+    guarded, before, after = tune_bias(probs_of(predictions), labels, groups=[person_of(k) for k in keys])
     assert after == before and not guarded.values["age"].any()  # ... but not the half without person "a"
 
 def test_tune_stores_the_bias_beside_the_runs_and_submit_style_combine_applies_it(tmp_path):
@@ -257,8 +261,15 @@ def test_bad_bias_files_are_refused_naming_the_file(tmp_path):
         load_bias(tmp_path / "missing.yaml")
 
 
-def test_fast_macro_f1_matches_the_metrics_module():
-    rng = np.random.default_rng(1)
-    for _ in range(5):
-        targets, preds = rng.integers(0, 18, 200), rng.integers(0, 15, 200)
-        assert fast_macro_f1(targets, preds) == pytest.approx(macro_f1(targets, preds, 18))
+@pytest.mark.parametrize("short", ["mask", "age", "gender"])
+def test_the_table_missing_a_row_is_the_one_named(eval_files, sample_dataset, tmp_path, short):
+    """Whichever of the three lacks an image, the message names that file (the first table included)."""
+    paths, info, _ = eval_files
+    dropped = info["ImageID"].iloc[3]
+    edit = pd.read_csv(paths[short], dtype={"ImageID": str})
+    edit[edit["ImageID"] != dropped].to_csv(paths[short], index=False)
+    result = run("combine", paths["mask"], paths["age"], paths["gender"], "--data-dir", sample_dataset)
+    assert result.exit_code == 1 and len(result.stderr.strip().splitlines()) == 1
+    assert result.stderr.startswith(f"error: {paths[short]}: ") and dropped in result.stderr
+    for other in set(paths) - {short}:
+        assert not result.stderr.startswith(f"error: {paths[other]}")

@@ -25,6 +25,23 @@ def test_precedence_defaults_then_yaml_then_overrides(tmp_path):
     assert config.task == "mask"
 
 
+@pytest.mark.parametrize("path", sorted(CONFIG_DIR.rglob("*.yaml")), ids=lambda p: str(p.relative_to(CONFIG_DIR)))
+def test_every_shipped_yaml_loads_and_validates(path):
+    values = read_yaml(path)
+    assert set(values) <= set(Config().to_dict())
+    config = load_config(values["task"], config_file=path)  # validate() runs inside, augment entries built
+    assert config.task == path.stem
+
+
+def test_gpu_profile_reads_configs_gpu():
+    config = load_config("age", profile="gpu")
+    assert (config.backbone, config.img_size, config.batch_size, config.amp) == ("tf_efficientnet_b3", 320, 64, True)
+    assert config.age_bounds == load_config("age").age_bounds  # the task's own choices stay
+    assert load_config("age", ["epochs=3"], profile="gpu").epochs == 3
+    with pytest.raises(ConfigError, match="profile 'tpu'"):
+        load_config("age", profile="tpu")
+
+
 @pytest.mark.parametrize("task", SPECIALISTS)
 def test_shipped_task_configs_load(task):
     config = load_config(task)
@@ -138,10 +155,18 @@ def test_parse_overrides_keeps_everything_after_the_first_equals():
     ("loss=mse", "expected one of"),
     ("device=tpu", "expected one of"),
     ("fold=5", "fold=5: expected 0..4"),
-    ("age_bounds=60,30", "must increase"),
+    ("age_bounds=60,30", "age_bounds=60,30: expected two increasing whole numbers"),
     ("epochs=0", "epochs=0: must be at least 1"),
     ("batch_size=-1", "batch_size=-1"),
     ("img_size=0", "img_size=0"),
+    ("augment=hflip,rotat", "'rotat': unknown augmentation \\(did you mean 'rotate'\\?\\)"),
+    ("tta=flip,zoom", "tta view 'zoom'"),
+    ("tta=scale100", "tta view 'scale100'"),
+    ("lr=0", "lr=0.0: must be more than 0"),
+    ("label_smoothing=1.5", "label_smoothing=1.5: must be at most 1"),
+    ("focal_gamma=-1", "focal_gamma=-1.0: must be at least 0"),
+    ("crop_fallback=1.2", "crop_fallback=1.2: must be at most 1"),
+    ("folds=1", "folds=1: must be at least 2"),
 ])
 def test_validate_rejects(override, message):
     with pytest.raises(ConfigError, match=message):
@@ -159,9 +184,78 @@ def test_config_is_frozen():
         Config().lr = 1.0
 
 
+def test_augment_entries_may_be_albumentations_transforms_and_round_trip(tmp_path):
+    config = load_config("mask", ["augment=[hflip, {Rotate: {p: 0.5, limit: 15}}, shift_scale]", "mixup=0.2"])
+    assert config.augment == ("hflip", "{Rotate: {limit: 15, p: 0.5}}", "shift_scale")  # one-line YAML, keys sorted
+    hash(config)  # still hashable: a frozen config of plain values
+    assert config.to_dict()["augment"] == ["hflip", {"Rotate": {"limit": 15, "p": 0.5}}, "shift_scale"]
+    path = tmp_path / "run" / "config.yaml"
+    save_config(config, path)
+    assert "- Rotate:" in path.read_text()  # written as the user would write it
+    assert config_from_dict(read_yaml(path)) == config
+    assert config_from_dict(config.to_dict()) == config  # as checkpoints store it
+    yaml_file = write_yaml(tmp_path, "augment:\n  - hflip\n  - Rotate: {limit: 15, p: 0.5}\n")
+    assert load_config("mask", config_file=yaml_file).augment == config.augment[:2]
+
+
+@pytest.mark.parametrize("entry, message", [
+    ("[hflipp]", r"augment entry 'hflipp': unknown augmentation \(did you mean 'hflip'\?\)"),
+    ("[{Rotat: {limit: 15}}]", r"'Rotat' is not an albumentations transform \(did you mean 'Rotate'\?\)"),
+    ("[{Rotate: {limt: 15}}]", r"Rotate has no argument 'limt' \(did you mean 'limit'\?\)"),
+    ("[{Rotate: {limit: wide}}]", r"augment entry \{Rotate: \{limit: wide\}\}: limit"),
+    ("[{OneOf: {}}]", "'OneOf' is not an albumentations transform"),
+    ("[{Rotate: 15}]", "must be a mapping"),
+    ("[{Rotate: {}, Blur: {}}]", "expected a name"),
+])
+def test_bad_augment_entries_fail_at_load_naming_the_entry(entry, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config("mask", [f"augment={entry}"])
+
+
+@pytest.mark.parametrize("override, message", [
+    ("mixup=-1", "mixup=-1.0: must be at least 0"),
+    ("mixup_prob=2", "mixup_prob=2.0: must be at most 1"),
+    ("cutmix=1 batch_size=31", "batch_size=31: mixup / cutmix pair"),
+])
+def test_mixup_values_are_checked(override, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config("mask", override.split())
+
+
 def test_saved_config_round_trips(tmp_path):
     config = load_config("age", ["lr=3e-4", "augment=hflip,color", "amp=false"])
     path = tmp_path / "run" / "config.yaml"
     save_config(config, path)
     assert config_from_dict(read_yaml(path)) == config
     assert load_config("age", config_file=path) == config
+
+
+def test_a_missing_label_fixes_file_fails_at_load(tmp_path):
+    from maskcls.data import DataError
+
+    with pytest.raises(DataError, match="label-fixes file does not exist"):
+        load_config("mask", [f"label_fixes={tmp_path / 'no_such_fixes.yaml'}"])
+
+
+def test_choices_are_the_registries():
+    from maskcls.config import CHOICES
+    from maskcls.data.crop import CROP_MODES
+    from maskcls.losses import LOSSES
+    from maskcls.tasks import TASKS
+
+    assert CHOICES["task"] == tuple(TASKS) and CHOICES["loss"] == tuple(LOSSES) and CHOICES["crop"] == CROP_MODES
+    assert SPECIALISTS == ("mask", "gender", "age")  # the order of the 18-class label's parts
+
+
+def test_a_bad_value_is_one_line_from_the_cli_before_any_image_is_read(tmp_path):
+    from typer.testing import CliRunner
+
+    from maskcls.cli import app
+
+    missing = tmp_path / "no_data"  # the data folder is never opened: the config is refused first
+    for override in ("augment=hflip,rotat", "tta=zoom", "loss=mse", "age_bounds=60,30"):
+        result = CliRunner().invoke(app, ["train", "mask", override, f"data_dir={missing}", f"project={tmp_path}"])
+        assert result.exit_code == 1, result.output
+        assert result.stderr.startswith("error: ") and len(result.stderr.strip().splitlines()) == 1, result.stderr
+        assert result.exception is None or isinstance(result.exception, SystemExit)
+    assert not (tmp_path / "mask").exists()

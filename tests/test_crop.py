@@ -14,8 +14,10 @@ from maskcls.cli import app
 from maskcls.config import Config
 from maskcls.data import DataError
 from maskcls.data import crop as crop_module
-from maskcls.data.crop import (LOOSE, CropSettings, DetectPass, build_image_loader, center_box, detect_faces, expand_box,
-                               pick_faces, read_manifest, run_crop)
+from maskcls.data import faces as faces_module
+from maskcls.data.crop import build_image_loader, read_manifest, run_crop
+from maskcls.data.faces import LOOSE, CropSettings, DetectPass, center_box, detect_faces, expand_box, pick_faces
+from maskcls.data.images import open_rgb
 from maskcls.data.sample import make_sample_dataset
 
 
@@ -291,8 +293,8 @@ def test_real_mtcnn_crops_the_face_of_a_real_photo(tmp_path):
     path = tmp_path / "faces" / "astronaut.jpg"
     _exif_rotated(portrait, path)  # and read back upright through EXIF
     config = Config(crop="mtcnn", data_dir=str(tmp_path / "faces"))
-    detectors = crop_module.create_detectors(CropSettings(), "cpu")
-    face, number = pick_faces([crop_module.open_rgb(path)], CropSettings(), detectors)[0]
+    detectors = faces_module.create_detectors(CropSettings(), "cpu")
+    face, number = pick_faces([open_rgb(path)], CropSettings(), detectors)[0]
     assert number == 1 and face.prob > 0.95
     x1, y1, x2, y2 = expand_box(face.box, (160, 200), CropSettings().margin)
     for x, y in [(53, 51), (74, 52), (51, 70), (73, 71)]:  # eyes and mouth corners in the portrait

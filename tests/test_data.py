@@ -134,7 +134,7 @@ def test_age_band_thresholds(age, bounds, band):
 
 def test_age_band_defaults_and_arrays():
     np.testing.assert_array_equal(age_band(np.array([29, 30, 59, 60, 75])), [0, 1, 1, 2, 2])
-    with pytest.raises(ValueError, match="increase"):
+    with pytest.raises(ValueError, match="two increasing whole numbers"):
         age_band(40, (60, 30))
 
 
@@ -523,3 +523,36 @@ def test_scan_eval_keeps_info_csv_order(sample_dataset):
     table, problems = scan_eval(sample_dataset)
     info = pd.read_csv(sample_dataset / "eval" / "info.csv", dtype=str)
     assert problems == [] and table["ImageID"].tolist() == info["ImageID"].tolist()
+
+
+# ------------------------------------------------------------------------------- sharp edges (issue 14)
+
+@pytest.mark.parametrize("race", ["Européen", "Middle-Eastern", "아시아", "Others2"])
+def test_the_race_is_any_word_without_an_underscore(race):
+    assert parse_folder(f"000001_female_{race}_31") == {"id": "000001", "gender": "female", "race": race, "age": 31}
+
+
+def test_a_dataset_with_a_non_ascii_race_checks_clean(dataset_copy):
+    folder = profile_folders(dataset_copy)[0]
+    renamed = folder.with_name(folder.name.replace(folder.name.split("_")[2], "Européen"))
+    folder.rename(renamed)
+    edit_csv(dataset_copy / "train" / "train.csv", lambda t: t.replace({"path": {folder.name: renamed.name},
+                                                                         "race": {folder.name.split("_")[2]: "Européen"}}))
+    assert check_dataset(dataset_copy, decode=False) == []
+    assert "Européen" in set(load_train(dataset_copy)["race"])
+
+
+def test_a_file_given_as_the_dataset_is_called_a_file(tmp_path):
+    path = tmp_path / "faces.zip"
+    path.write_bytes(b"PK")
+    assert [str(p) for p in check_dataset(path)] == [f"{path}: is a file, not a dataset folder (train/ and eval/)"]
+
+
+def test_open_rgb_refuses_more_pixels_than_pil_allows_before_decoding(tmp_path, monkeypatch):
+    from PIL import Image
+
+    path = tmp_path / "poster.png"
+    Image.new("RGB", (64, 48)).save(path)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # PIL refuses over twice this: 3072 pixels is
+    with pytest.raises(DataError, match=rf"^{path}: not decoded, a possible decompression bomb \(.*3072 pixels"):
+        open_rgb(path)

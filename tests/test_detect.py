@@ -18,16 +18,16 @@ from typer.testing import CliRunner
 
 from maskcls.cli import app
 from maskcls.config import load_config
-from maskcls.data.crop import Face
+from maskcls.data.faces import Face
 from maskcls.detect import COLUMNS, MASK_COLOURS, DetectSettings, Specialist, classify, face_crops
 from maskcls.engine import Engine
-from maskcls.submit import load_run
+from maskcls.infer import load_run
 from maskcls.tasks import SPECIALISTS, get_task
 
 skimage_data = pytest.importorskip("skimage.data")
 
 runner = CliRunner()
-TINY = ["backbone=test_efficientnet", "pretrained=none", "img_size=32", "batch_size=8"]
+TINY = ["backbone=test_efficientnet", "pretrained=none", "crop=none", "img_size=32", "batch_size=8"]
 PORTRAIT = (160, 200)  # the astronaut's upper body at the competition's framing (as in test_crop)
 FACE_POINTS = [(53, 51), (74, 52), (51, 70), (73, 71)]  # eyes and mouth corners in the portrait
 
@@ -178,3 +178,91 @@ def test_repeated_runs_of_a_task_are_averaged(project, tmp_path):
     both = classify(Specialist("mask", runs, [r.model for r in runs]), photos, DetectSettings(), engine)
     assert both.shape == (2, 3) and not np.allclose(alone[0], alone[1])
     assert np.allclose(both, (alone[0] + alone[1]) / 2, atol=1e-6)
+
+
+# ------------------------------------------------------------------------------- sharp edges (issue 14)
+
+def huge_png_header(path, width: int, height: int):
+    """A 60-byte PNG whose header claims ``width`` x ``height`` pixels: a decompression bomb's first bytes."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)  # 8-bit RGB
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 64))
+                     + chunk(b"IEND", b""))
+    return path
+
+
+@pytest.mark.parametrize("min_face", [12, 20, 47])
+def test_images_too_small_for_the_pyramid_have_no_face_instead_of_crashing_mtcnn(min_face):
+    from maskcls.data.faces import create_detector, detect_faces
+
+    detector = create_detector(min_face_size=min_face, device="cpu")
+    sizes = [(1, 1), (14, 14), (min_face - 1, 300), (300, min_face - 1), (min_face, min_face), (min_face + 1, 40)]
+    images = [Image.new("RGB", size, (128, 128, 128)) for size in sizes]
+    assert detect_faces(images, detector, pad=0) == [[] for _ in sizes]
+    assert detect_faces(images[:2], detector) == [[], []]  # the default grey border does not make 14 px enough
+
+
+def test_tiny_photos_get_no_face_rows_and_the_rest_of_their_batch_its_rows(project, pair, tmp_path):
+    folder = tmp_path / "uploads"
+    folder.mkdir()
+    Image.open(pair).save(folder / "b_group.png")
+    Image.new("RGB", (1, 1), (200, 150, 120)).save(folder / "a_dot.png")
+    Image.new("RGB", (14, 14), (200, 150, 120)).save(folder / "c_icon.png")
+    out = tmp_path / "faces.csv"
+    result = run("detect", folder, "--project", project, "--out", out, "--annotate", tmp_path / "drawn")
+    assert result.exit_code == 0, result.output
+    rows = pd.read_csv(out)
+    assert rows.groupby("file")["status"].apply(list).to_dict() == {
+        str(folder / "a_dot.png"): ["no_face"], str(folder / "b_group.png"): ["face", "face"],
+        str(folder / "c_icon.png"): ["no_face"]}
+    assert (tmp_path / "drawn" / "a_dot.png").is_file()
+
+
+def test_a_large_photo_is_detected_on_a_downscaled_copy_and_cut_from_the_original(project, pair, tmp_path,
+                                                                                   monkeypatch):
+    import maskcls.detect as detect_module
+
+    scale = 3
+    big = Image.open(pair).convert("RGB")
+    big = big.resize((big.width * scale, big.height * scale), Image.BICUBIC)
+    big.save(tmp_path / "big.png")
+    seen, cut_from = [], []
+    real_detect, real_crops = detect_module.detect_faces, detect_module.face_crops
+    monkeypatch.setattr(detect_module, "detect_faces", lambda images, *a, **k: seen.extend(i.size for i in images)
+                        or real_detect(images, *a, **k))
+    monkeypatch.setattr(detect_module, "face_crops", lambda image, *a, **k: cut_from.append(image.size)
+                        or real_crops(image, *a, **k))
+    out = tmp_path / "faces.csv"
+    result = run("detect", tmp_path / "big.png", "--project", project, "--out", out, "--min-face", 32,
+                 "--max-side", PORTRAIT[0] * 2)
+    assert result.exit_code == 0, result.output
+    assert seen and all(max(size) <= PORTRAIT[0] * 2 for size in seen)  # MTCNN saw the copy
+    assert set(cut_from) == {big.size}  # the faces were cut from the original
+    rows = pd.read_csv(out)
+    assert rows["status"].tolist() == ["face", "face"]
+    half = PORTRAIT[0] * scale
+    for (_, row), offset in zip(rows.iterrows(), (0, half)):  # boxes in the original's pixels
+        assert offset <= row["x1"] < row["x2"] <= offset + half
+        for x, y in FACE_POINTS:
+            assert row["x1"] < (x * scale) + offset < row["x2"] and row["y1"] < y * scale < row["y2"]
+    assert json.loads(out.with_suffix(".json").read_text())["settings"]["max_side"] == PORTRAIT[0] * 2
+
+
+def test_decompression_bombs_are_refused_naming_the_file_and_the_run_goes_on(project, pair, tmp_path):
+    folder = tmp_path / "uploads"
+    folder.mkdir()
+    Image.open(pair).save(folder / "group.png")
+    bomb = huge_png_header(folder / "bomb.png", 40_000, 40_000)  # 1.6 billion pixels: 4.8 GB once decoded
+    out = tmp_path / "faces.csv"
+    result = run("detect", folder, "--project", project, "--out", out, "--min-face", 32)
+    assert result.exit_code == 0, result.output
+    warnings = [line for line in result.stderr.splitlines() if line.startswith("warning:")]
+    assert len(warnings) == 1
+    assert warnings[0].startswith(f"warning: skipped {bomb}: not decoded, a possible decompression bomb (")
+    assert "1600000000 pixels" in warnings[0]
+    assert pd.read_csv(out)["status"].tolist() == ["face", "face"]

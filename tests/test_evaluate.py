@@ -100,7 +100,7 @@ def test_compare_counts_differences_by_class_and_task(tmp_path):
 
 
 def test_bootstrap_resamples_whole_people_and_pairs_the_sets():
-    from maskcls.metrics import _fast_macro_f1, bootstrap_macro_f1, macro_f1
+    from maskcls.metrics import bootstrap_macro_f1, fast_macro_f1, macro_f1
 
     rng = np.random.default_rng(1)
     targets = rng.integers(0, 18, 700)
@@ -112,8 +112,8 @@ def test_bootstrap_resamples_whole_people_and_pairs_the_sets():
     np.testing.assert_array_equal(draws["noisy"], draws["same"])  # the same resamples for every set
     lo, hi = np.percentile(draws["noisy"], [2.5, 97.5])
     assert lo < macro_f1(targets, noisy, 18) < hi and hi - lo > 0.01
-    assert _fast_macro_f1(targets, noisy, 18) == pytest.approx(macro_f1(targets, noisy, 18))  # scikit-learn's
-    assert _fast_macro_f1(targets[:5], noisy[:5], 18) == pytest.approx(macro_f1(targets[:5], noisy[:5], 18))
+    assert fast_macro_f1(targets, noisy, 18) == pytest.approx(macro_f1(targets, noisy, 18))  # scikit-learn's
+    assert fast_macro_f1(targets[:5], noisy[:5], 18) == pytest.approx(macro_f1(targets[:5], noisy[:5], 18))
     # two people, one all right and one all wrong: a resample holds both, or one of them twice
     two = bootstrap_macro_f1(np.array([0, 0, 1, 1]), {"p": np.array([0, 0, 0, 0])}, np.array([1, 1, 2, 2]), 2,
                              draws=100)["p"]

@@ -11,11 +11,12 @@ import pandas as pd
 import pytest
 import torch
 
-from maskcls.export import PARITY_ATOL, ExportError, OnnxRunner, check_batch, export_run
-from maskcls.data.crop import Face
+from maskcls.data.faces import Face
 from maskcls.detect import DetectSettings, Specialist, classify, load_specialists
 from maskcls.engine import Engine
-from maskcls.submit import inference_model, load_run
+from maskcls.errors import ExportError
+from maskcls.export import PARITY_ATOL, check_batch, export_run
+from maskcls.infer import OnnxRunner, inference_model, load_run
 from maskcls.tasks import SPECIALISTS
 from test_detect import make_run, one_thread, portrait, quiet, run, side_by_side  # noqa: F401 (autouse fixtures)
 

@@ -21,10 +21,11 @@ from maskcls.cli import app
 from maskcls.config import ConfigError, load_config
 from maskcls.data import DEFAULT_AGE_BOUNDS, age_band, decode, load_train, read_eval_images
 from maskcls.engine import Engine
-from maskcls.submit import build_views, predict_probs, tta_views, vote
+from maskcls.infer import build_views, predict_probs, tta_views
+from maskcls.submit import vote
 
 runner = CliRunner()
-TINY = ["backbone=test_efficientnet", "img_size=32", "batch_size=8", "folds=3", "preload=false"]
+TINY = ["backbone=test_efficientnet", "pretrained=none", "crop=none", "img_size=32", "batch_size=8", "folds=3", "preload=false"]
 
 
 def run(*args):
@@ -195,3 +196,65 @@ def test_submit_without_runs_says_what_to_do(tmp_path):
     result = run("submit", "--project", tmp_path / "runs")
     assert result.exit_code == 1
     assert f"{tmp_path / 'runs' / 'mask'}: no run with a best.pt" in result.stderr
+
+
+# ------------------------------------------------------------------------------- sharp edges (issue 14)
+
+def _project_of(runs, tmp_path):
+    project = tmp_path / "runs"
+    for task, run_dir in runs.items():
+        shutil.copytree(run_dir, project / task / "exp")
+    return project
+
+
+def test_one_undecodable_eval_image_fails_by_default_and_falls_back_when_asked(runs, dataset_copy, tmp_path,
+                                                                               monkeypatch):
+    import maskcls.submit as submit_module
+
+    ids = read_eval_images(dataset_copy)["ImageID"].tolist()
+    broken = dataset_copy / "eval" / "images" / ids[2]
+    broken.write_bytes(b"half an upload")
+    project, out = _project_of(runs, tmp_path), tmp_path / "submission.csv"
+
+    result = run("submit", "--project", project, "--data-dir", dataset_copy, "--out", out)
+    assert result.exit_code == 1 and len(result.stderr.strip().splitlines()) == 1
+    assert f"{broken}: image does not decode" in result.stderr and not out.exists()
+
+    batches = []  # the readable images are still predicted together, one dataset per task and run
+    real_predict = submit_module.predict_probs
+    monkeypatch.setattr(submit_module, "predict_probs", lambda model, dataset, *a, **k: batches.append(len(dataset))
+                        or real_predict(model, dataset, *a, **k))
+    result = run("submit", "--project", project, "--data-dir", dataset_copy, "--out", out, "--on-bad-image", "fallback")
+    assert result.exit_code == 0, result.output
+    assert batches == [len(ids) - 1] * 3
+    answers = pd.read_csv(out, dtype={"ImageID": str})
+    assert answers["ImageID"].tolist() == ids  # every ImageID once, in info.csv order
+    others = answers.drop(index=2)["ans"]
+    assert answers.loc[2, "ans"] == others.value_counts().sort_index().idxmax()  # the most frequent other answer
+    warnings = [line for line in result.stderr.splitlines() if line.startswith("warning:")]
+    assert any(str(broken) in line for line in warnings) and "1 eval image(s)" in result.stderr
+
+
+def test_submit_crops_each_eval_image_once_for_all_three_tasks(sample_dataset, dataset_copy, tmp_path, monkeypatch):
+    """Runs trained on MTCNN crops, no crop cache yet: MTCNN runs once per image, not once per task."""
+    import maskcls.data.crop as crop_module
+
+    detected = []
+
+    def pick_faces(images, settings, detectors):  # no face anywhere: every crop is the centre fallback
+        detected.extend(image.size for image in images)
+        return [(None, 0)] * len(images)
+
+    monkeypatch.setattr(crop_module, "create_detectors", lambda *a, **k: ["stand-in"])
+    monkeypatch.setattr(crop_module, "pick_faces", pick_faces)
+    project = tmp_path / "runs"
+    for task in ("mask", "age", "gender"):
+        make_run(project, task, dataset_copy, "exp", 0, "crop=mtcnn")
+    eval_images = len(read_eval_images(dataset_copy))
+    result = run("submit", "--tta", "--project", project, "--out", tmp_path / "submission.csv")
+    assert result.exit_code == 0, result.output
+    assert len(detected) == eval_images  # once each, not 3 x
+    assert (dataset_copy.parent / ".maskcls_cache" / dataset_copy.name / "manifest.csv").is_file()
+    detected.clear()
+    assert run("submit", "--project", project, "--out", tmp_path / "again.csv").exit_code == 0
+    assert detected == []  # the cache serves a second submission whole

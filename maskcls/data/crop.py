@@ -1,4 +1,5 @@
-"""Face crops: MTCNN finds the face, a margin grows its box, a centre crop stands in when none is found.
+"""Face crops of a dataset: the cache of crops and the image loader that reads it (finding and cutting the face
+itself: ``faces.py``).
 
 The competition photos are upper-body shots; the strong entries cropped the face first with
 facenet-pytorch's MTCNN and fell back to a centre crop. ``run_crop`` does it once for a whole dataset
@@ -10,10 +11,7 @@ match, so a changed image or setting is redone and everything else is kept.
 """
 from __future__ import annotations
 
-import dataclasses
 import hashlib
-import json
-import math
 import os
 import random
 import time
@@ -22,219 +20,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
-import numpy as np
 import pandas as pd
-from PIL import Image, ImageOps
+from PIL import Image
 
+from ..errors import ConfigError
 from ..io import atomic_path, atomic_write_csv
+from .faces import CropSettings, Face, center_box, create_detectors, crop_box, pick_faces
 from .images import open_rgb
 from .layout import DataError, scan_eval, scan_train
 
-CROP_VERSION = 2  # bump when the crop code changes what it writes: every cached crop is then redone
+CROP_MODES = ("none", "center", "mtcnn")  # the config's `crop`: whole image, centre crop, cached face crop
 MANIFEST_COLUMNS = ("path", "split", "crop", "x1", "y1", "x2", "y2", "prob", "fallback", "pass", "source_hash",
                     "settings_hash")
 _SAVE_EVERY_S = 10.0  # manifest rewrite interval during a run; a hard kill loses at most this much work
-
-
-@dataclass(frozen=True)
-class Face:
-    box: tuple[float, float, float, float]  # x1, y1, x2, y2 in image pixels; may run past the image edge
-    prob: float
-    landmarks: tuple[tuple[float, float], ...] | None = None  # eyes, nose, mouth corners as (x, y)
-
-    @property
-    def area(self) -> float:
-        return (self.box[2] - self.box[0]) * (self.box[3] - self.box[1])
-
-
-VIEWS = ("image", "mirror", "equalize", "equalize_mirror", "half", "up")
-
-
-@dataclass(frozen=True)
-class DetectPass:
-    """One MTCNN pass: its P-, R- and O-net thresholds and the view of the image it looks at.
-
-    Views: ``image`` as is, ``mirror`` flipped left-right, ``equalize`` grey with its histogram
-    equalised, ``equalize_mirror`` both, ``half`` at half size, ``up`` at 1.5 x. MTCNN is not
-    mirror-symmetric and its pyramid samples each size differently, so each view finds masked faces the
-    others miss; boxes are mapped back to the image.
-    """
-
-    thresholds: tuple[float, float, float]
-    view: str = "image"
-
-    def __post_init__(self):
-        if self.view not in VIEWS:
-            raise ValueError(f"detection view {self.view!r}: expected one of {', '.join(VIEWS)}")
-
-
-DEFAULT_THRESHOLDS = (0.6, 0.7, 0.7)  # facenet-pytorch's
-LOOSE = (0.4, 0.2, 0.3)
-LOOSER = (0.3, 0.05, 0.05)
-
-
-@dataclass(frozen=True)
-class CropSettings:
-    """Everything that decides a crop; its ``digest`` keys the cache."""
-
-    margin: float = 0.25  # the face box grows by this fraction of its width/height on every side
-    fallback: float = 0.6  # centre crop of this fraction of the image when no face is found
-    # A later pass runs only on images still without a face. facenet-pytorch's defaults first; masks hide
-    # the nose and mouth that R- and O-net look for, and the first pass misses about a third of the
-    # masked faces of ../shared/data/faces. Looser thresholds on other views of the image find most of
-    # the rest (see docs/benchmarks.md); their boxes are rougher, the manifest's `pass` column tells them
-    # apart. The size bounds below keep eye-sized boxes and the blurred background out.
-    passes: tuple[DetectPass, ...] = (
-        DetectPass(DEFAULT_THRESHOLDS), DetectPass(LOOSE, "half"), DetectPass(LOOSE, "mirror"),
-        DetectPass(LOOSE, "equalize"), DetectPass(LOOSE), DetectPass(LOOSER, "half"), DetectPass(LOOSER, "equalize"),
-        DetectPass(LOOSER, "equalize_mirror"), DetectPass(LOOSER, "mirror"), DetectPass(LOOSER), DetectPass(LOOSE, "up"))
-    min_face_size: int = 20  # pixels: the smallest face MTCNN's image pyramid looks for
-    # a face to crop spans at least this fraction of the shorter image side: drops the eye- or
-    # cheek-sized boxes that loose thresholds let through (faces in upper-body shots span 0.3-0.5)
-    min_face_fraction: float = 0.2
-    # ... and at most this fraction of it: drops whole-head and background boxes of the loose passes
-    max_face_fraction: float = 0.8
-    pad: float = 0.1  # border added before detection, as a fraction of the longer side (see detect_faces)
-
-    @classmethod
-    def from_config(cls, config) -> CropSettings:
-        return cls(margin=config.crop_margin, fallback=config.crop_fallback)
-
-    def digest(self) -> str:
-        text = json.dumps({"version": CROP_VERSION, **dataclasses.asdict(self)}, sort_keys=True)
-        return hashlib.sha1(text.encode()).hexdigest()[:12]
-
-
-# ----------------------------------------------------------------------------------------------- detection
-
-def create_detector(thresholds: Sequence[float] = (0.6, 0.7, 0.7), min_face_size: int = 20, device=None):
-    """facenet-pytorch's MTCNN returning every face (its wheel ships the weights; nothing downloads)."""
-    import torch
-    from facenet_pytorch import MTCNN
-
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    return MTCNN(keep_all=True, select_largest=False, thresholds=list(thresholds), min_face_size=min_face_size,
-                 device=device)
-
-
-def create_detectors(settings: CropSettings = CropSettings(), device=None) -> list:
-    """One detector per pass of ``settings``."""
-    return [create_detector(p.thresholds, settings.min_face_size, device) for p in settings.passes]
-
-
-_DEFAULT_DETECTORS: dict = {}
-
-
-def _default_detector():
-    if "default" not in _DEFAULT_DETECTORS:  # once per process: building MTCNN loads three nets
-        _DEFAULT_DETECTORS["default"] = create_detector()
-    return _DEFAULT_DETECTORS["default"]
-
-
-def detect_faces(images: list[Image.Image], detector=None, min_prob: float = 0.0,
-                 pad: float = CropSettings.pad) -> list[list[Face]]:
-    """Every face in each image, most confident first (the larger first when tied).
-
-    facenet-pytorch 2.5.3 clips a candidate box at the image edge before resampling it for R- and
-    O-net, so a face that runs past the edge comes back with a stretched box and landmarks. Each image
-    gets a mid-grey border (``pad`` x its longer side; 127 is MTCNN's zero after normalisation) before
-    detection, and the boxes are shifted back. Images of one size are detected as one batch.
-    """
-    detector = detector or _default_detector()
-    faces: list[list[Face]] = [[] for _ in images]
-    by_size: dict[tuple[int, int], list[int]] = {}
-    for index, image in enumerate(images):
-        by_size.setdefault(image.size, []).append(index)
-    for (width, height), indices in by_size.items():
-        border = int(round(pad * max(width, height)))
-        batch = np.stack([np.pad(np.asarray(images[i].convert("RGB")), ((border, border), (border, border), (0, 0)),
-                                 constant_values=127) for i in indices])
-        boxes, probs, points = detector.detect(batch, landmarks=True)
-        for i, image_boxes, image_probs, image_points in zip(indices, boxes, probs, points):
-            if image_boxes is None:
-                continue
-            found = [Face(tuple(float(v) - border for v in box[:4]), float(prob),
-                          tuple((float(x) - border, float(y) - border) for x, y in marks))
-                     for box, prob, marks in zip(image_boxes, image_probs, image_points)]
-            faces[i] = sorted((f for f in found if f.prob >= min_prob), key=lambda f: (-f.prob, -f.area))
-    return faces
-
-
-def view_image(image: Image.Image, view: str) -> Image.Image:
-    """``image`` as a detection pass sees it (see DetectPass)."""
-    if view in ("equalize", "equalize_mirror"):
-        image = ImageOps.equalize(ImageOps.grayscale(image)).convert("RGB")
-    if view in ("mirror", "equalize_mirror"):
-        return ImageOps.mirror(image)
-    if view in ("half", "up"):
-        scale = 0.5 if view == "half" else 1.5
-        return image.resize((max(1, round(image.width * scale)), max(1, round(image.height * scale))), Image.BILINEAR)
-    return image
-
-
-def face_in_image(face: Face, view: str, image_size: tuple[int, int], view_size: tuple[int, int]) -> Face:
-    """A face found in ``view_image(image, view)`` in the coordinates of the image itself."""
-    sx, sy = image_size[0] / view_size[0], image_size[1] / view_size[1]
-
-    def point(x: float, y: float) -> tuple[float, float]:
-        return ((view_size[0] - x) if view.endswith("mirror") else x) * sx, y * sy
-
-    (x1, y1), (x2, y2) = point(face.box[0], face.box[1]), point(face.box[2], face.box[3])
-    marks = tuple(point(x, y) for x, y in face.landmarks) if face.landmarks else face.landmarks
-    return Face((min(x1, x2), y1, max(x1, x2), y2), face.prob, marks)
-
-
-def pick_faces(images: list[Image.Image], settings: CropSettings,
-               detectors: Sequence) -> list[tuple[Face | None, int]]:
-    """(face to crop or None, 1-based pass that found it or 0) per image: each detector in turn runs on
-    its pass's view of the images still without a face; the most confident face of a face's size wins."""
-    picked: list[Face | None] = [None] * len(images)
-    found_by = [0] * len(images)
-    for number, detector in enumerate(detectors, start=1):
-        view = settings.passes[number - 1].view if number <= len(settings.passes) else "image"
-        todo = [i for i, face in enumerate(picked) if face is None]
-        if not todo:
-            break
-        views = [view_image(images[i], view) for i in todo]
-        for i, seen, faces in zip(todo, views, detect_faces(views, detector, pad=settings.pad)):
-            side = min(images[i].size)
-            for face in (face_in_image(f, view, images[i].size, seen.size) for f in faces):
-                if settings.min_face_fraction <= _face_side(face) / side <= settings.max_face_fraction:
-                    picked[i], found_by[i] = face, number
-                    break
-    return list(zip(picked, found_by))
-
-
-def _face_side(face: Face) -> float:
-    return min(face.box[2] - face.box[0], face.box[3] - face.box[1])
-
-
-# ------------------------------------------------------------------------------------------- box arithmetic
-
-def expand_box(box: Sequence[float], image_size: tuple[int, int], margin: float) -> tuple[int, int, int, int]:
-    """``box`` grown by ``margin`` x its width/height on every side, rounded outwards, clipped to the image."""
-    width, height = image_size
-    x1, y1, x2, y2 = box
-    dx, dy = margin * (x2 - x1), margin * (y2 - y1)
-    left, top = max(0, math.floor(x1 - dx)), max(0, math.floor(y1 - dy))
-    right, bottom = min(width, math.ceil(x2 + dx)), min(height, math.ceil(y2 + dy))
-    if right <= left or bottom <= top:
-        raise ValueError(f"box {tuple(box)} lies outside the {width}x{height} image")
-    return left, top, right, bottom
-
-
-def center_box(image_size: tuple[int, int], fraction: float) -> tuple[int, int, int, int]:
-    """The centred box of ``fraction`` x the image's width and height (at least one pixel)."""
-    width, height = image_size
-    crop_w, crop_h = max(1, round(width * fraction)), max(1, round(height * fraction))
-    left, top = (width - crop_w) // 2, (height - crop_h) // 2
-    return left, top, left + crop_w, top + crop_h
-
-
-def crop_box(face: Face | None, image_size: tuple[int, int], settings: CropSettings) -> tuple[int, int, int, int]:
-    if face is None:
-        return center_box(image_size, settings.fallback)
-    return expand_box(face.box, image_size, settings.margin)
 
 
 # ------------------------------------------------------------------------------------------------- cache
@@ -313,8 +111,8 @@ class ImageLoader:
     and each builds its own MTCNN (CPU) on first need."""
 
     def __init__(self, mode: str, settings: CropSettings, data_dir: str | Path, cache_dir: str | Path | None):
-        if mode not in ("none", "center", "mtcnn"):
-            raise ValueError(f"crop={mode!r}: expected one of none, center, mtcnn")
+        if mode not in CROP_MODES:
+            raise ConfigError(f"crop={mode!r}: expected one of {', '.join(CROP_MODES)}")
         self.mode, self.settings, self.data_dir = mode, settings, str(data_dir)
         self.cache_dir = str(resolve_cache_dir(data_dir, cache_dir)) if mode == "mtcnn" else ""
         self.settings_hash = settings.digest()  # once: every image's cache entry is checked against it
@@ -389,16 +187,16 @@ class CropSummary:
         return "\n".join(lines)
 
 
-def dataset_images(data_dir: str | Path) -> list[tuple[str, str]]:
-    """(split, path) of every train and eval image file found, layout problems aside."""
+def dataset_images(data_dir: str | Path, splits: Sequence[str] = ("train", "eval")) -> list[tuple[str, str]]:
+    """(split, path) of every image file of ``splits`` found, layout problems aside."""
     data_dir = Path(data_dir)
     items = []
-    if (data_dir / "train").exists():
+    if "train" in splits and (data_dir / "train").exists():
         items += [("train", p) for p in scan_train(data_dir)[0]["path"]]
-    if (data_dir / "eval").exists():
+    if "eval" in splits and (data_dir / "eval").exists():
         items += [("eval", p) for p in scan_eval(data_dir)[0]["path"] if Path(p).is_file()]
     if not items:
-        raise DataError(f"{data_dir}: no train or eval images found")
+        raise DataError(f"{data_dir}: no {' or '.join(splits)} images found")
     return items
 
 
@@ -418,8 +216,8 @@ def _hash_or_error(path: str) -> str | DataError:
 
 def run_crop(data_dir: str | Path, config_or_settings=None, cache_dir: str | Path | None = None, batch_size: int = 32,
              device=None, sheet: str | Path | None | bool = None, sheet_size: int = 120, detectors=None,
-             show_progress: bool = True) -> CropSummary:
-    """Crop every train and eval image into the cache; keep valid entries; resume where a run stopped.
+             show_progress: bool = True, splits: Sequence[str] = ("train", "eval")) -> CropSummary:
+    """Crop every image of ``splits`` into the cache; keep valid entries; resume where a run stopped.
 
     ``config_or_settings``: a Config (crop_margin, crop_fallback, crop_cache) or CropSettings.
     ``sheet``: contact sheet PNG path (default ``<cache>/contact_sheet.png``; False: none).
@@ -434,7 +232,7 @@ def run_crop(data_dir: str | Path, config_or_settings=None, cache_dir: str | Pat
         cache_dir = config_or_settings.crop_cache or None
     cache = resolve_cache_dir(data_dir, cache_dir)
     settings_hash = settings.digest()
-    items = dataset_images(data_dir)
+    items = dataset_images(data_dir, splits)
     keys = [_key(path, data_dir) for _, path in items]
     entries = read_manifest(cache)
     summary = CropSummary(cache)
@@ -450,9 +248,10 @@ def run_crop(data_dir: str | Path, config_or_settings=None, cache_dir: str | Pat
                 keep[key] = entries[key]
             else:
                 todo.append((split, path, key, source_hash))
-        # entries of images no longer in the dataset are dropped; stale ones stay until redone
+        # entries of images no longer in the dataset are dropped (those of other splits kept); stale ones stay
+        # until redone
         present = set(keys)
-        entries = {**{k: v for k, v in entries.items() if k in present}, **keep}
+        entries = {**{k: v for k, v in entries.items() if k in present or v["split"] not in splits}, **keep}
         if todo and detectors is None:
             detectors = create_detectors(settings, device)
 

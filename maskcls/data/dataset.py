@@ -1,4 +1,5 @@
-"""The torch Dataset: image path -> (loaded, cropped, transformed) tensor and integer target."""
+"""The torch Dataset: image path -> (loaded, cropped, transformed) tensor and integer target; build_dataset makes
+one from a config, the one way training, validation and every inference command get their images."""
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
@@ -10,6 +11,7 @@ import torch
 from torch.utils.data import Dataset
 
 from ..progress import progress
+from ..transforms import build_transforms
 from .images import open_rgb
 
 
@@ -34,6 +36,18 @@ class ImageDataset(Dataset):
         tensor = self.transform(image=image)["image"]
         target = -1 if self.targets is None else self.targets[index]
         return tensor, torch.as_tensor(target)
+
+
+def build_dataset(config, paths: Sequence, mean, std, train: bool = False, targets=None,
+                  image_loader: Callable | None = None, preload: bool = False) -> ImageDataset:
+    """``paths`` as the model sees them: read by ``image_loader`` (default: the config's face crops), resized,
+    augmented (``train`` only), normalised with the backbone's ``mean``/``std``; decoded into memory up front
+    with ``preload``."""
+    from .crop import build_image_loader
+
+    transform = build_transforms(config.augment, config.img_size, mean, std, train=train)
+    return ImageDataset(list(paths), targets, transform, image_loader or build_image_loader(config),
+                        preload_size=config.img_size if preload else None)
 
 
 def _as_targets(targets) -> np.ndarray:

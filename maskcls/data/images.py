@@ -1,12 +1,20 @@
 """Opening one image the way every command does: EXIF-rotated, RGB, failing loudly with the path."""
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import BinaryIO
 
 from PIL import Image, ImageOps
 
 from .layout import DataError
+
+# files taken for photos when a folder is searched (detect, export's check images); Pillow opens them all
+PHOTO_SUFFIXES = (".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+# PIL refuses images over 2 x Image.MAX_IMAGE_PIXELS (about 179 million pixels) as possible decompression bombs,
+# and open_rgb says so naming the file. Between 1x and 2x it only warns; those are real photos (a 108-megapixel
+# phone's), which the commands handle (detect shrinks its copy for MTCNN): the warning would only be noise.
+warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
 
 
 def open_rgb(path: str | Path | BinaryIO, name: str | None = None) -> Image.Image:
@@ -19,5 +27,7 @@ def open_rgb(path: str | Path | BinaryIO, name: str | None = None) -> Image.Imag
             return image.convert("RGB")
     except FileNotFoundError:
         raise DataError(f"{name}: image file is missing") from None
+    except Image.DecompressionBombError as err:  # raised from the header, before any pixel is decoded
+        raise DataError(f"{name}: not decoded, a possible decompression bomb ({err})") from None
     except Exception as err:  # PIL raises many types for bad files
         raise DataError(f"{name}: image does not decode ({type(err).__name__}: {err})") from None

@@ -5,6 +5,8 @@ from typing import Sequence
 
 import numpy as np
 
+from ..errors import ConfigError
+
 MASK_NAMES = ("wear", "incorrect", "not_wear")
 GENDER_NAMES = ("male", "female")
 AGE_NAMES = ("<30", "30-old", "old")
@@ -21,7 +23,7 @@ DEFAULT_AGE_BOUNDS = (30, 60)  # band 0: age < 30, band 1: 30 <= age < 60, band 
 
 def age_band(age, bounds: Sequence[int] = DEFAULT_AGE_BOUNDS):
     """Age band 0/1/2 for an age (or an array of ages); ``bounds`` are the lower edges of bands 1, 2."""
-    young_max, old_min = _checked(bounds)
+    young_max, old_min = check_age_bounds(bounds)
     return np.digitize(age, [young_max, old_min]) if np.ndim(age) else int(np.digitize([age], [young_max, old_min])[0])
 
 
@@ -31,7 +33,7 @@ def soft_age_bands(ages, bounds: Sequence[int] = DEFAULT_AGE_BOUNDS, sigma: floa
     Soft ordinal labels (SORD, Diaz & Marathe 2019) from the real age: a 29-year-old is mostly "<30" and
     partly "30-old", a 45-year-old all "30-old". Ages are whole years, so the edge between bands sits half
     a year below each bound (``age < 30`` is ``age <= 29``)."""
-    young_max, old_min = _checked(bounds)
+    young_max, old_min = check_age_bounds(bounds)
     if sigma <= 0:
         raise ValueError(f"sigma must be > 0, got {sigma}")
     from scipy.special import ndtr  # the standard normal CDF
@@ -41,11 +43,18 @@ def soft_age_bands(ages, bounds: Sequence[int] = DEFAULT_AGE_BOUNDS, sigma: floa
     return np.stack([below[:, 0], below[:, 1] - below[:, 0], 1 - below[:, 1]], axis=1).astype(np.float32)
 
 
-def _checked(bounds: Sequence[int]) -> tuple[int, int]:
-    """``(young_max, old_min)``, the lower edges of bands 1 and 2; an error unless they increase."""
-    young_max, old_min = bounds
-    if not young_max < old_min:
-        raise ValueError(f"age bounds must increase, got {tuple(bounds)}")
+def check_age_bounds(bounds: Sequence[int] | str, option: str = "age_bounds=") -> tuple[int, int]:
+    """``(young_max, old_min)``, the lower edges of bands 1 and 2, from two increasing whole numbers (a pair,
+    or text such as ``30,60``). The one check of age bounds: the config, ``data summary`` and every band
+    computation call it; a ConfigError naming ``option`` otherwise."""
+    try:
+        values = bounds.split(",") if isinstance(bounds, str) else list(bounds)
+        young_max, old_min = (int(v) for v in values)
+    except (TypeError, ValueError):
+        young_max = old_min = None
+    if young_max is None or not young_max < old_min:
+        text = bounds if isinstance(bounds, str) else ",".join(map(str, bounds))
+        raise ConfigError(f"{option}{text}: expected two increasing whole numbers, such as 30,60")
     return young_max, old_min
 
 

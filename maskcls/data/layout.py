@@ -14,15 +14,13 @@ from pathlib import Path
 import pandas as pd
 from PIL import Image
 
+from ..errors import DataError
 from .labels import GENDER_BY_NAME, IMAGE_EXTENSIONS, IMAGE_STEMS, MASK_BY_STEM
 
-FOLDER_RE = re.compile(r"^(?P<id>[0-9A-Za-z-]+)_(?P<gender>male|female)_(?P<race>[A-Za-z]+)_(?P<age>\d{1,3})$")
+# the race is any word without "_" (Européen, Middle-Eastern): the data's own spelling, never validated
+FOLDER_RE = re.compile(r"^(?P<id>[0-9A-Za-z-]+)_(?P<gender>male|female)_(?P<race>[^_]+)_(?P<age>\d{1,3})$")
 TRAIN_COLUMNS = ("id", "gender", "race", "age", "path")
 EVAL_COLUMNS = ("ImageID", "ans")
-
-
-class DataError(ValueError):
-    """Bad input: the message names the file and what is wrong with it."""
 
 
 @dataclass(frozen=True)
@@ -181,6 +179,8 @@ def decode_problems(paths, workers: int = 4, progress=None) -> list[Problem]:
 def check_dataset(root: Path, decode: bool = True, progress=None) -> list[Problem]:
     """Every problem in a dataset: layout, CSVs and (with ``decode``) every image's pixels."""
     root = Path(root)
+    if root.is_file():
+        return [Problem(root, "is a file, not a dataset folder (train/ and eval/)")]
     if not root.is_dir():
         return [Problem(root, "dataset folder does not exist")]
     train, problems = scan_train(root)

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
-from sklearn.model_selection import StratifiedKFold
 
 from .labels import DEFAULT_AGE_BOUNDS, age_band
 
@@ -24,6 +23,8 @@ def fold_of_people(images: pd.DataFrame, folds: int, seed: int) -> pd.Series:
     # a stratum with fewer people than folds cannot be spread over every fold; merge it into "rare"
     counts = strata.map(strata.value_counts())
     strata = strata.where(counts >= folds, -1)
+    from sklearn.model_selection import StratifiedKFold  # here: a second to import; `maskcls --help` needs none of it
+
     splitter = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
     fold = np.empty(len(people), dtype=int)
     for k, (_, val_idx) in enumerate(splitter.split(np.zeros(len(people)), strata)):

@@ -1,0 +1,201 @@
+"""Inference shared by every command that predicts (predict and submit, detect, export, a server): a trained run
+loaded for inference, what runs it (PyTorch, or its exported ONNX file on onnxruntime), the test-time
+augmentation views, the images to predict, and probabilities in dataset order (the dataset itself:
+``data.dataset.build_dataset``).
+
+Below the commands: nothing here imports submit, detect, export, combine, evaluate or the CLI
+(docs/architecture.md).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+
+from .checkpoint import load_model
+from .config import Config
+from .data import DEFAULT_AGE_BOUNDS, load_train, read_eval_images, split_images
+from .data.crop import file_hash
+from .engine import Engine, predict_logits
+from .errors import DataError, ExportError
+from .tasks import get_task
+from .transforms import tta_view_zoom
+
+SPLITS = ("eval", "val")
+RUNTIMES = ("torch", "onnx")  # `--engine`: PyTorch eager, or the run's exported ONNX file on onnxruntime
+
+
+# --- a trained run ----------------------------------------------------------------------------------
+
+@dataclass
+class Run:
+    """A trained run ready for inference: its folder, model (eval mode), config and normalisation."""
+
+    run_dir: Path
+    model: nn.Module
+    config: Config
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    which: str = "best"  # the checkpoint it came from: <which>.pt (and <which>.onnx once exported)
+
+    @property
+    def task(self) -> str:
+        return self.config.task
+
+
+def load_run(run_dir: str | Path, which: str = "best") -> Run:
+    if not Path(run_dir).exists():
+        raise DataError(f"{run_dir}: run folder does not exist")
+    model, config, state = load_model(Path(run_dir), which)
+    return Run(Path(run_dir), model, config, tuple(state["mean"]), tuple(state["std"]), which)
+
+
+def checkpoint_file(run_dir: str | Path, which: str = "best") -> Path:
+    """``<run>/<which>.pt``, or the .pt file itself when given one."""
+    path = Path(run_dir)
+    return path / f"{which}.pt" if path.is_dir() else path
+
+
+def onnx_path(run_dir: str | Path, which: str = "best") -> Path:
+    """``<run>/<which>.onnx``: beside the checkpoint it was exported from."""
+    return checkpoint_file(run_dir, which).with_suffix(".onnx")
+
+
+# --- what predicts: PyTorch or onnxruntime ----------------------------------------------------------
+
+class OnnxRunner(nn.Module):
+    """An ONNX file behind the PyTorch model's interface: an images tensor in, a logits tensor out (on the
+    images' device). onnxruntime runs on the CPU whatever the device of the surrounding TTA."""
+
+    def __init__(self, path: str | Path, threads: int = 0):
+        super().__init__()
+        try:
+            import onnxruntime as ort
+        except ImportError:
+            raise ExportError(f"{path}: running ONNX needs onnxruntime: pip install 'maskcls[onnx]'") from None
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads  # 0: onnxruntime's default, one per physical core
+        options.log_severity_level = 3  # errors only: its warnings about unused initialisers are noise here
+        try:
+            self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        except Exception as err:  # onnxruntime raises its own exception types for bad files
+            raise ExportError(f"{path}: cannot be loaded by onnxruntime ({type(err).__name__}: {err})") from None
+        self.input_name = self.session.get_inputs()[0].name
+        self.metadata = dict(self.session.get_modelmeta().custom_metadata_map)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        array = images.detach().float().cpu().contiguous().numpy()  # channels-last tensors become NCHW here
+        logits = self.session.run(None, {self.input_name: array})[0]
+        return torch.from_numpy(logits).to(images.device)
+
+
+def load_onnx_model(run: Run) -> OnnxRunner:
+    """The ``<which>.onnx`` of a loaded run, refused when missing or exported from another checkpoint."""
+    path = onnx_path(run.run_dir, run.which)
+    export_hint = f"run: maskcls export onnx --{run.task} {run.run_dir}"
+    source = checkpoint_file(run.run_dir, run.which)
+    if not path.is_file():
+        raise ExportError(f"{path}: no ONNX export of {source.name}; {export_hint}")
+    runner = OnnxRunner(path)
+    if runner.metadata.get("checkpoint_sha1") != file_hash(source):
+        raise ExportError(f"{path}: exported from another {source.name} (the checkpoint changed since); {export_hint}")
+    return runner
+
+
+def inference_model(run: Run, runtime: str = "torch") -> nn.Module:
+    """What predicts for ``run``: its PyTorch model, or its ``<which>.onnx`` (``maskcls export onnx``) on
+    onnxruntime behind the same interface (images in, logits out), so TTA and voting do not change."""
+    if runtime == "torch":
+        return run.model
+    if runtime == "onnx":
+        return load_onnx_model(run)
+    raise ValueError(f"engine {runtime!r}: expected one of {', '.join(RUNTIMES)}")
+
+
+def inference_engine(config: Config, device: str = "auto", workers: int | None = None) -> Engine:
+    """The Engine a run predicts on: ``device`` (not the one it trained on), the run's precision and layout."""
+    return Engine.from_config(config, device=device, workers=workers)
+
+
+# --- test-time augmentation -------------------------------------------------------------------------
+
+def _flip(images: torch.Tensor) -> torch.Tensor:
+    return torch.flip(images, dims=[3])
+
+
+def _centre_zoom(fraction: float) -> Callable[[torch.Tensor], torch.Tensor]:
+    """Centre crop of ``fraction`` of each side, resized back: a slightly zoomed-in view."""
+
+    def view(images: torch.Tensor) -> torch.Tensor:
+        height, width = images.shape[-2:]
+        crop_h, crop_w = max(1, round(height * fraction)), max(1, round(width * fraction))
+        top, left = (height - crop_h) // 2, (width - crop_w) // 2
+        crop = images[..., top:top + crop_h, left:left + crop_w]
+        # normalisation is per-channel affine, so resizing the normalised tensor equals resizing the image
+        return nn.functional.interpolate(crop.float(), size=(height, width), mode="bilinear",
+                                         align_corners=False, antialias=True).to(images.dtype)
+
+    return view
+
+
+def build_views(names: Sequence[str]) -> list[tuple[str, Callable[[torch.Tensor], torch.Tensor]]]:
+    """The original view, then each named one: ``flip`` (horizontal), ``scale<percent>`` (centre zoom)."""
+    views = [("orig", lambda images: images)]
+    for name in dict.fromkeys(names):  # in order, without repeats
+        zoom = tta_view_zoom(name)  # refuses unknown names
+        if name == "flip":
+            views.append((name, _flip))
+        elif zoom is not None:
+            views.append((name, _centre_zoom(zoom)))
+    return views
+
+
+def tta_views(config: Config, tta: bool) -> tuple[str, ...]:
+    """With ``tta``: the flip always, then the config's views; without: none (the original only)."""
+    return ("flip", *config.tta) if tta else ()
+
+
+class TTAModel(nn.Module):
+    """Returns the log of the softmax averaged over views, so argmax and ``exp`` give the averaged prediction."""
+
+    def __init__(self, model: nn.Module, views: Sequence[tuple[str, Callable]]):
+        super().__init__()
+        self.model = model
+        self.views = list(views)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        probs = torch.stack([self.model(view(images)).float().softmax(1) for _, view in self.views]).mean(0)
+        return probs.clamp_min(1e-12).log()
+
+
+# --- images and probabilities ---------------------------------------------------------------------
+
+def image_table(config: Config, split: str, data_dir: str | Path) -> pd.DataFrame:
+    """Rows to predict: key column, ``path`` to open, and for val ``target`` (the task's) and ``label`` (18-class)."""
+    data_dir = Path(data_dir)
+    if split == "eval":
+        images = read_eval_images(data_dir)  # eval/info.csv and eval/images only
+        return pd.DataFrame({"ImageID": images["ImageID"], "file": images["path"]})
+    if split != "val":
+        raise ValueError(f"split {split!r}: expected one of {', '.join(SPLITS)}")
+    images = load_train(data_dir, DEFAULT_AGE_BOUNDS, config.label_fixes)
+    _, val = split_images(images, config.folds, config.fold, config.seed)
+    if val.empty:
+        raise DataError(f"{data_dir}: fold {config.fold} of {config.folds} holds no validation images")
+    return pd.DataFrame({"path": [Path(p).relative_to(data_dir).as_posix() for p in val["path"]],
+                         "file": val["path"], "target": val[get_task(config.task).label_column],
+                         "label": val["label"]})
+
+
+def predict_probs(model: nn.Module, dataset, engine: Engine, views=None, batch_size: int = 64,
+                  desc: str = "predict") -> np.ndarray:
+    """(images, classes) probabilities in dataset order, averaged over ``views`` (default: the original only)."""
+    tta = engine.setup_model(TTAModel(model, views or build_views(())))
+    loader = engine.loader(dataset, batch_size, train=False)
+    log_probs, _ = predict_logits(tta, loader, engine, desc=desc)
+    return log_probs.exp().numpy()
