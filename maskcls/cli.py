@@ -356,6 +356,27 @@ def audit(
 
 # --- detect, export ---------------------------------------------------------------------------------
 
+# options shared by detect and serve
+MinProb = Annotated[float, typer.Option(help="MTCNN probability a face needs for a row (lower finds more masked faces "
+                                             "and more false boxes on textures).")]
+MinFace = Annotated[int, typer.Option(help="Smallest face MTCNN looks for, in pixels.")]
+MaxSide = Annotated[int, typer.Option(min=0, help="MTCNN looks at a copy of each photo shrunk to this longer side "
+                                                  "(0: full size); faces are cut from the original.")]
+SecondPass = Annotated[bool, typer.Option(help="Also run MTCNN's looser pass, which finds most masked faces the first "
+                                               "misses (boxes repeating a found face are dropped).")]
+FaceTTA = Annotated[bool, typer.Option(help="Average the original, flipped and config `tta` views of each face.")]
+EngineOption = Annotated[EngineName, typer.Option(help="torch, or onnx: each run's <which>.onnx (maskcls export onnx).")]
+
+
+def _detect_settings(min_prob: float, min_face: int, max_side: int, second_pass: bool, tta: bool, engine: EngineName,
+                     device: str):
+    from .detect import DetectSettings
+
+    passes = DetectSettings.passes if second_pass else DetectSettings.passes[:1]
+    return DetectSettings(min_prob=min_prob, passes=passes, min_face_size=min_face, max_side=max_side, tta=tta,
+                          runtime=engine.value, device=device)
+
+
 @app.command()
 def detect(
     photos: Annotated[List[Path], typer.Argument(help="Photos, or folders searched for image files.")],
@@ -364,15 +385,12 @@ def detect(
     gender: GenderRuns = None,
     out: Annotated[Path, typer.Option(help="One row per face: CSV (JSON note beside it), or one JSON file if *.json.")] = Path("detections.csv"),
     annotate: Annotated[Optional[Path], typer.Option(help="Folder to write each photo into with its boxes and labels drawn.")] = None,
-    min_prob: Annotated[float, typer.Option(help="MTCNN probability a face needs for a row (lower finds more masked "
-                                                  "faces and more false boxes on textures).")] = 0.9,
-    min_face: Annotated[int, typer.Option(help="Smallest face MTCNN looks for, in pixels.")] = 20,
-    max_side: Annotated[int, typer.Option(min=0, help="MTCNN looks at a copy of each photo shrunk to this longer "
-                                                      "side (0: full size); faces are cut from the original.")] = 1600,
-    second_pass: Annotated[bool, typer.Option(help="Also run MTCNN's looser pass, which finds most masked faces the "
-                                                   "first misses (boxes repeating a found face are dropped).")] = True,
-    tta: Annotated[bool, typer.Option(help="Average the original, flipped and config `tta` views of each face.")] = False,
-    engine: Annotated[EngineName, typer.Option(help="torch, or onnx: each run's <which>.onnx (maskcls export onnx).")] = EngineName.torch,
+    min_prob: MinProb = 0.9,
+    min_face: MinFace = 20,
+    max_side: MaxSide = 1600,
+    second_pass: SecondPass = True,
+    tta: FaceTTA = False,
+    engine: EngineOption = EngineName.torch,
     project: ProjectDir = Path("runs"),
     which: WhichCheckpoint = Checkpoint.best,
     device: DeviceName = "auto",
@@ -382,11 +400,9 @@ def detect(
     Several runs of one task are averaged (soft vote). Each face is cut out as the training crops were (the box grown by the run's crop_margin), even for runs
     trained with crop: none or center: a whole group photo is never fed to a classifier.
     """
-    from .detect import DetectSettings, run_detect
+    from .detect import run_detect
 
-    passes = DetectSettings.passes if second_pass else DetectSettings.passes[:1]
-    settings = DetectSettings(min_prob=min_prob, passes=passes, min_face_size=min_face, max_side=max_side, tta=tta,
-                              runtime=engine.value, device=device)
+    settings = _detect_settings(min_prob, min_face, max_side, second_pass, tta, engine, device)
     runs = _specialist_runs(mask, age, gender, project, which.value)
     result, path = run_detect(photos, runs, out, settings, which.value, annotate)
     for message in result.unreadable:
@@ -397,6 +413,44 @@ def detect(
                f"{len(result.unreadable)} unreadable -> {path}")
     if annotate is not None:
         typer.echo(f"annotated {len(result.annotated)} photo(s) into {annotate}")
+
+
+@app.command()
+def serve(
+    mask: MaskRuns = None,
+    age: AgeRuns = None,
+    gender: GenderRuns = None,
+    host: Annotated[str, typer.Option(help="Address to listen on: loopback by default; 0.0.0.0 opens it to the network.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
+    max_upload_mb: Annotated[float, typer.Option(help="Largest request body accepted, in MB.")] = 20.0,
+    max_files: Annotated[int, typer.Option(help="Most photos in one request.")] = 16,
+    max_megapixels: Annotated[float, typer.Option(help="Largest photo accepted, in megapixels (read from its header).")] = 40.0,
+    min_prob: MinProb = 0.9,
+    min_face: MinFace = 20,
+    max_side: MaxSide = 1600,
+    second_pass: SecondPass = True,
+    tta: FaceTTA = False,
+    engine: EngineOption = EngineName.torch,
+    project: ProjectDir = Path("runs"),
+    which: WhichCheckpoint = Checkpoint.best,
+    device: DeviceName = "auto",
+):
+    """Serve `maskcls detect` over HTTP: POST /v1/detect, GET /v1/models, GET /healthz, a web page at /, docs at /docs.
+
+    The models load once, at start. Stops cleanly on Ctrl-C or SIGTERM.
+    """
+    from .detect import FaceChecker, load_specialists
+
+    try:
+        from .serve import ServeLimits, serve as run_server
+    except ImportError as err:
+        fail(f"maskcls serve needs {err.name}: pip install 'maskcls[serve]'")
+    os.environ.setdefault("MASKCLS_NO_PROGRESS", "1")  # a progress bar per request would flood the log
+    settings = _detect_settings(min_prob, min_face, max_side, second_pass, tta, engine, device)
+    limits = ServeLimits(max_upload_mb=max_upload_mb, max_files=max_files, max_megapixels=max_megapixels)
+    runs = _specialist_runs(mask, age, gender, project, which.value)
+    checker = FaceChecker.create(load_specialists(runs, which.value, settings.runtime), settings)
+    run_server(checker, limits, host, port, announce=typer.echo)
 
 
 @export_app.command("onnx")

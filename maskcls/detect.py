@@ -210,8 +210,7 @@ def face_rows(file: str, image: Image.Image, faces: Sequence[Face], probs: dict[
             codes[task] = int(probs[task][index].argmax())
             row[task] = get_task(task).class_names[codes[task]]
             row[f"{task}_prob"] = round(float(probs[task][index, codes[task]]), 4)
-        if ages is not None:
-            row[AGE_COLUMN] = round(float(ages[index]), 1)
+        row[AGE_COLUMN] = None if ages is None else round(float(ages[index]), 1)  # None: no age_target=years run
         row["label"] = int(encode(codes["mask"], codes["gender"], codes["age"]))
         row["class"] = class_name(row["label"])
         rows.append(row)
@@ -271,16 +270,48 @@ def save_image(image: Image.Image, path: Path) -> Path:
 
 # --- the detect command -----------------------------------------------------------------------------
 
+@dataclass
+class FaceChecker:
+    """What turns photos into rows, loaded once: the specialists, MTCNN's passes and the engine. ``maskcls
+    detect`` and ``maskcls serve`` both check photos through ``rows``."""
+
+    specialists: Sequence[Specialist]
+    settings: DetectSettings
+    detectors: Sequence  # one MTCNN per pass of ``settings.passes``
+    engine: Engine
+
+    @classmethod
+    def create(cls, specialists: Sequence[Specialist], settings: DetectSettings,
+               detectors: Sequence | None = None) -> FaceChecker:
+        device = pick_device(settings.device)
+        detectors = detectors or [create_detector(t, settings.min_face_size, device) for t in settings.passes]
+        engine = inference_engine(specialists[0].runs[0].config, settings.device, workers=0)  # crops are in memory
+        return cls(specialists, settings, detectors, engine)
+
+    def rows(self, photos: Sequence[tuple[str, Image.Image]]) -> list[list[dict]]:
+        """Each (file name, RGB image)'s rows: its faces found, cropped and classified together."""
+        images = [image for _, image in photos]
+        found = find_faces(images, self.detectors, self.settings.min_prob, self.settings.max_side) if photos else []
+        pairs = list(zip(images, found))
+        scored = ({s.task: classify_with_age(s, pairs, self.settings, self.engine) for s in self.specialists}
+                  if any(found) else {})
+        probs = {task: p for task, (p, _) in scored.items()}
+        ages = scored["age"][1] if "age" in scored else None  # age_target=years runs: the expected age
+        rows, start = [], 0
+        for (file, image), faces in zip(photos, found):
+            rows.append(face_rows(file, image, faces, {task: p[start:start + len(faces)] for task, p in probs.items()},
+                                  None if ages is None else ages[start:start + len(faces)]))
+            start += len(faces)
+        return rows
+
+
 def detect_photos(paths: Sequence[str | Path], specialists: Sequence[Specialist], settings: DetectSettings,
                   annotate_dir: str | Path | None = None, detectors: Sequence | None = None) -> Detections:
     """Find, crop and classify every face of every photo under ``paths``; draw them into ``annotate_dir``."""
     from .progress import progress
 
     photos = find_photos(paths)
-    device = pick_device(settings.device)
-    detectors = detectors or [create_detector(t, settings.min_face_size, device) for t in settings.passes]
-    first = specialists[0].runs[0].config
-    engine = inference_engine(first, settings.device, workers=0)  # crops are in memory
+    checker = FaceChecker.create(specialists, settings, detectors)
     result, taken = Detections(), set()
     chunks = [photos[i:i + PHOTOS_PER_BATCH] for i in range(0, len(photos), PHOTOS_PER_BATCH)]
     for chunk in progress(chunks, desc="detect", unit="batch", disable=None if len(chunks) > 1 else True):
@@ -290,17 +321,7 @@ def detect_photos(paths: Sequence[str | Path], specialists: Sequence[Specialist]
                 loaded.append((path, name, open_rgb(path)))
             except DataError as err:
                 result.unreadable.append(str(err))
-        found = find_faces([image for _, _, image in loaded], detectors, settings.min_prob,
-                           settings.max_side) if loaded else []
-        pairs = [(image, faces) for (_, _, image), faces in zip(loaded, found)]
-        scored = {s.task: classify_with_age(s, pairs, settings, engine) for s in specialists} if any(found) else {}
-        probs = {task: p for task, (p, _) in scored.items()}
-        ages = scored["age"][1] if "age" in scored else None
-        start = 0
-        for (path, name, image), faces in zip(loaded, found):
-            rows = face_rows(str(path), image, faces, {task: p[start:start + len(faces)] for task, p in probs.items()},
-                             None if ages is None else ages[start:start + len(faces)])
-            start += len(faces)
+        for (path, name, image), rows in zip(loaded, checker.rows([(str(path), image) for path, _, image in loaded])):
             result.rows += rows
             if annotate_dir is not None:
                 result.annotated.append(save_image(annotate(image, rows), annotated_path(Path(annotate_dir), name,

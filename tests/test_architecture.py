@@ -18,7 +18,7 @@ LAYERS = [
     {"models", "checkpoint", "run_log", "runs"},  # runs: run folders and CV folders of folds
     {"engine"},
     {"infer", "bias"},  # what commands share: inference; per-class biases
-    {"evaluate", "combine", "submit", "detect", "export", "cv", "audit"},  # the commands
+    {"evaluate", "combine", "submit", "detect", "export", "cv", "audit", "serve"},  # the commands
     {"cli", "__main__"},
 ]
 COMMANDS = LAYERS[-2]

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import warnings
 from pathlib import Path
+from typing import BinaryIO
 
 from PIL import Image, ImageOps
 
@@ -16,15 +17,17 @@ PHOTO_SUFFIXES = (".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".bmp", ".gif", ".we
 warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
 
 
-def open_rgb(path: str | Path) -> Image.Image:
-    """The image as RGB (grey, RGBA and palette images converted; EXIF orientation applied)."""
+def open_rgb(path: str | Path | BinaryIO, name: str | None = None) -> Image.Image:
+    """The image as RGB (grey, RGBA and palette images converted; EXIF orientation applied). ``path`` may be an
+    open binary file (an upload held in memory); errors call it ``name`` (default: ``path``)."""
+    name = path if name is None else name
     try:
         with Image.open(path) as image:
             image = ImageOps.exif_transpose(image)
             return image.convert("RGB")
     except FileNotFoundError:
-        raise DataError(f"{path}: image file is missing") from None
+        raise DataError(f"{name}: image file is missing") from None
     except Image.DecompressionBombError as err:  # raised from the header, before any pixel is decoded
-        raise DataError(f"{path}: not decoded, a possible decompression bomb ({err})") from None
+        raise DataError(f"{name}: not decoded, a possible decompression bomb ({err})") from None
     except Exception as err:  # PIL raises many types for bad files
-        raise DataError(f"{path}: image does not decode ({type(err).__name__}: {err})") from None
+        raise DataError(f"{name}: image does not decode ({type(err).__name__}: {err})") from None
