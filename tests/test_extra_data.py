@@ -191,3 +191,21 @@ def test_extra_faces_are_cropped_and_cached_beside_their_folder(tiny_data, tmp_p
     main_image = next((data / "train" / "images").rglob("mask1.jpg"))
     assert loader(str(main_image)).size == crop_module.open_rgb(
         resolve_cache_dir(data) / main_manifest[main_image.relative_to(data).as_posix()]["crop"]).size
+
+
+def test_a_face_filling_an_extra_image_is_cropped_not_refused_for_its_size(tiny_data, tmp_path):
+    """Aligned face crops (UTKFace's) hold a face spanning 0.8-1.0 of the side: in a dataset that size is a
+    whole-head box to refuse, in an extra folder it is the face (else the centre fallback would cut it)."""
+    from maskcls.data.crop import folder_settings
+    from maskcls.data.faces import CropSettings, pick_faces
+    from maskcls.data.images import open_rgb
+
+    extra = make_sample_extra(tmp_path / "extra", faces=4, size=(100, 100))
+    images = [open_rgb(p) for p in sorted((extra / "images").iterdir())]
+    border = round(CropSettings.pad * 100)
+    detector = FixedDetector(box=(border + 2.0, border + 2.0, border + 97.0, border + 98.0))  # 0.95 of the side
+    as_dataset = folder_settings(CropSettings(), tiny_data)
+    as_extra = folder_settings(CropSettings(), extra)
+    assert as_dataset == CropSettings() and as_extra.max_face_fraction > 1.0
+    assert all(face is None for face, _ in pick_faces(images, as_dataset, [detector]))
+    assert all(face is not None and number == 1 for face, number in pick_faces(images, as_extra, [detector]))

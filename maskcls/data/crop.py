@@ -11,6 +11,7 @@ match, so a changed image or setting is redone and everything else is kept.
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 import random
@@ -152,9 +153,25 @@ class ImageLoader:
             return None
 
 
+# An extra_data folder holds face photos, often aligned crops whose face fills the frame (UTKFace's span
+# 0.75-1.0 of the side, and MTCNN's box may run past it): there a face may span the whole image.
+EXTRA_MAX_FACE_FRACTION = 1.25
+
+
+def folder_settings(settings: CropSettings, data_dir: str | Path) -> CropSettings:
+    """``settings`` for the images of ``data_dir``: as they are for a dataset, with the face-size cap lifted for
+    an extra_data folder (else every face of a tight crop is refused and the centre fallback cuts it)."""
+    from .extra import is_extra_folder
+
+    if not is_extra_folder(data_dir):
+        return settings
+    return dataclasses.replace(settings, max_face_fraction=max(settings.max_face_fraction, EXTRA_MAX_FACE_FRACTION))
+
+
 def build_image_loader(config) -> Callable[[str], Image.Image]:
     """The image reader for training and submission: ``none``, ``center`` or cached ``mtcnn`` crops."""
-    return ImageLoader(config.crop, CropSettings.from_config(config), config.data_dir, config.crop_cache or None)
+    settings = folder_settings(CropSettings.from_config(config), config.data_dir)
+    return ImageLoader(config.crop, settings, config.data_dir, config.crop_cache or None)
 
 
 # ------------------------------------------------------------------------------------------------ run_crop
@@ -233,6 +250,7 @@ def run_crop(data_dir: str | Path, config_or_settings=None, cache_dir: str | Pat
     started = time.perf_counter()
     settings = config_or_settings if isinstance(config_or_settings, CropSettings) else (
         CropSettings() if config_or_settings is None else CropSettings.from_config(config_or_settings))
+    settings = folder_settings(settings, data_dir)
     if cache_dir is None and hasattr(config_or_settings, "crop_cache"):
         cache_dir = config_or_settings.crop_cache or None
     cache = resolve_cache_dir(data_dir, cache_dir)
