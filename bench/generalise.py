@@ -1,0 +1,190 @@
+"""How the specialists generalise: the dev eval and a set from another source, side by side.
+
+    python bench/generalise.py                                   # the recipe in configs/, as a user gets it
+    python bench/generalise.py --recipe robust augment+=downscale,blur,jpeg   # a candidate: overrides on top
+    python bench/generalise.py --runs mask=runs/mask/exp age=runs/age/exp gender=runs/gender/exp  # score runs
+
+For each recipe it trains the three specialists with `maskcls train` (configs/<task>.yaml plus the recipe's
+overrides; a run is reused when its name, which carries a hash of the YAML and overrides, already holds a
+finished run), submits with TTA on `../shared/data/faces` (dev eval) and on `../shared/data/ood_ffhq`
+(FFHQ faces with MaskedFace-Net masks: no `not wear` class, age and gender are a face API's estimates),
+and prints one table per set: mask, gender and age-band macro F1 and the 18-class macro F1, each over the
+classes that occur in that set's labels, with 95 % intervals from a bootstrap over whole people.
+Skips cleanly when a dataset is absent.
+
+A recipe override is `key=value` (replaces the config's value) or `key+=a,b` (appends to a list key such as
+`augment`, so a candidate says only what it adds). Task-specific: `gender.key=value`.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from sklearn.metrics import f1_score
+
+from maskcls.config import CONFIG_DIR, load_config
+from maskcls.data.labels import decode
+from maskcls.evaluate import read_answers
+from maskcls.metrics import bootstrap_macro_f1
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+SETS = {"dev": SHARED / "faces", "ood": SHARED / "ood_ffhq"}
+TASKS = ("mask", "age", "gender")
+PARTS = {"mask": 0, "gender": 1, "age": 2}  # position in labels.decode's (mask, gender, age_band)
+
+
+def maskcls(*args: str) -> tuple[str, float]:
+    """Run one maskcls command; return its stdout and wall seconds; stop on failure."""
+    start = time.perf_counter()
+    done = subprocess.run([sys.executable, "-m", "maskcls", *args], capture_output=True, text=True)
+    seconds = time.perf_counter() - start
+    if done.returncode != 0:
+        sys.exit(f"`maskcls {' '.join(args)}` failed:\n{done.stdout[-2000:]}\n{done.stderr[-3000:]}")
+    print(f"  {seconds:7.1f} s  maskcls {' '.join(args)}", flush=True)
+    return done.stdout, seconds
+
+
+def task_overrides(task: str, items: list[str]) -> list[str]:
+    """The recipe's ``key=value`` items for ``task``: ``task.key=v`` only for that task, ``key+=a,b``
+    appended to the config's list."""
+    out = []
+    for item in items:
+        prefix, dot, rest = item.partition(".")
+        if dot and prefix in TASKS and "=" in rest:
+            if prefix != task:
+                continue
+            item = rest
+        key, plus, value = item.partition("+=")
+        if plus:
+            current = list(getattr(load_config(task), key))
+            item = f"{key}=" + ",".join([str(v) for v in current] + [v for v in value.split(",") if v])
+        out.append(item)
+    return out
+
+
+def recipe_name(task: str, overrides: list[str]) -> str:
+    digest = hashlib.sha1((CONFIG_DIR / f"{task}.yaml").read_bytes() + "\n".join(overrides).encode()).hexdigest()
+    return f"{task}-{digest[:8]}"
+
+
+def train(task: str, overrides: list[str], project: Path, data: Path, seed: int) -> tuple[Path, float]:
+    """A finished run of ``task`` with ``overrides`` (trained, resumed or reused) and its epochs' seconds."""
+    items = [f"data_dir={data}", f"seed={seed}", *overrides]
+    name = recipe_name(task, items)
+    run = project / task / name
+    results = run / "results.csv"
+    epochs = load_config(task, items).epochs
+    if results.is_file() and len(pd.read_csv(results)) == epochs:
+        print(f"  reuse {run}", flush=True)
+    elif (run / "last.pt").is_file():
+        maskcls("train", task, "--resume", str(run))
+    else:
+        maskcls("train", task, *items, f"project={project}", f"name={name}")
+    return run, float(pd.read_csv(results)["seconds"].sum())
+
+
+def present_f1_draws(truth: np.ndarray, preds: dict, people, num_classes: int) -> dict[str, np.ndarray]:
+    """Bootstrap draws of macro F1 over the classes present in ``truth`` (remapped to 0..k-1; a prediction
+    of an absent class counts against the class it should have been)."""
+    present = np.unique(truth)
+    index = {c: i for i, c in enumerate(present)}
+    other = len(present)  # every absent class becomes one extra column that never counts in the mean
+    remap = lambda a: np.array([index.get(int(v), other) for v in a])  # noqa: E731
+    draws = bootstrap_macro_f1(remap(truth), {k: remap(v) for k, v in preds.items()}, people, other + 1)
+    # _fast_macro_f1 averages over other + 1 columns; the extra one scores 0 (it has no true member)
+    return {k: v * (other + 1) / other for k, v in draws.items()}
+
+
+def score_set(name: str, labels: Path, submissions: dict[str, Path]) -> list[str]:
+    """Markdown rows (one per recipe) of per-task and 18-class macro F1 over present classes, with intervals."""
+    table = pd.read_csv(labels, dtype={"person": str}).set_index("ImageID")
+    truth = read_answers(labels)
+    people = table["person"].reindex(truth.index).to_numpy()
+    answers = {recipe: read_answers(path).reindex(truth.index).to_numpy() for recipe, path in submissions.items()}
+    t = truth.to_numpy()
+    columns = {"18-class": (t, answers, 18)}
+    for task, part in PARTS.items():
+        columns[task] = (decode(t)[part], {r: decode(a)[part] for r, a in answers.items()}, 3)
+    draws = {col: present_f1_draws(tt, pp, people, k) for col, (tt, pp, k) in columns.items()}
+    rows = []
+    for recipe in submissions:
+        cells = []
+        for col in ("mask", "gender", "age", "18-class"):
+            d = draws[col][recipe]
+            tt, pp, _ = columns[col]
+            present = np.unique(tt)
+            point = f1_score(tt, pp[recipe], labels=present, average="macro", zero_division=0)
+            cells.append(f"{point:.3f} ({np.percentile(d, 2.5):.3f}-{np.percentile(d, 97.5):.3f})")
+        rows.append(f"| {name} | {recipe} | " + " | ".join(cells) + " |")
+    if len(submissions) > 1:
+        first, *others = list(submissions)
+        for other in others:
+            diff = draws["18-class"][other] - draws["18-class"][first]
+            rows.append(f"|  | {other} minus {first} (18-class) | | | | {np.mean(diff):+.3f} "
+                        f"({np.percentile(diff, 2.5):+.3f} .. {np.percentile(diff, 97.5):+.3f}) |")
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--recipe", nargs="+", action="append", metavar="NAME [key=value ...]", default=[],
+                        help="a candidate: a name and overrides on top of configs/ (repeatable)")
+    parser.add_argument("--runs", nargs=3, action="append", metavar="task=RUN", default=[],
+                        help="score finished runs instead of training (repeatable; named by the mask run)")
+    parser.add_argument("--no-baseline", action="store_true", help="skip the configs/ recipe itself")
+    parser.add_argument("--project", type=Path, default=Path("runs/generalise"))
+    parser.add_argument("--seed", type=int, default=42)
+    args = parser.parse_args()
+    missing = [f"{name}: {path}" for name, path in SETS.items() if not (path / "eval" / "labels.csv").is_file()]
+    if missing or not (SETS["dev"] / "train").is_dir():
+        print(f"skip: dataset absent ({'; '.join(missing) or SETS['dev'] / 'train'})")
+        return
+    os.environ["MASKCLS_NO_PROGRESS"] = "1"
+    started = time.perf_counter()
+    recipes = ([] if args.no_baseline else [["configs"]]) + args.recipe
+    runs, train_s = {}, {}
+    for recipe in recipes:
+        name, items = recipe[0], recipe[1:]
+        print(f"recipe {name}: {' '.join(items) or '(configs/ as they are)'}", flush=True)
+        trained = {task: train(task, task_overrides(task, items), args.project, SETS["dev"], args.seed) for task in TASKS}
+        runs[name] = {task: run for task, (run, _) in trained.items()}
+        train_s[name] = sum(seconds for _, seconds in trained.values())
+    for triple in args.runs:
+        given = dict(item.split("=", 1) for item in triple)
+        runs[f"runs:{Path(given['mask']).name}"] = {task: Path(given[task]) for task in TASKS}
+    for name, path in SETS.items():
+        maskcls("crop", str(path))  # once per set; a second run reuses the cache
+    submissions = {name: {} for name in SETS}
+    infer_s = {}
+    for recipe, task_runs in runs.items():
+        for set_name, data in SETS.items():
+            out = args.project / f"submission_{set_name}_{recipe.replace(':', '_')}.csv"
+            options = [opt for task in TASKS for opt in (f"--{task}", str(task_runs[task]))]
+            _, infer_s[recipe, set_name] = maskcls("submit", *options, "--tta", "--bias", "none",
+                                                   "--data-dir", str(data), "--out", str(out))
+            submissions[set_name][recipe] = out
+    print("\n| set | recipe | mask F1 | gender F1 | age-band F1 | 18-class F1 (present classes) |")
+    print("|---|---|---|---|---|---|")
+    for set_name, data in SETS.items():
+        print("\n".join(score_set(set_name, data / "eval" / "labels.csv", submissions[set_name])))
+    print("\nF1: macro over the classes present in the set's labels (ood_ffhq has no `not wear`: mask over 2 "
+          "classes, 18-class over 12); brackets: 95 % interval over 1000 resamples of whole people.")
+    for recipe in runs:
+        line = f"{recipe}: train {train_s.get(recipe, float('nan')):.0f} s (epochs' seconds)"
+        print(line + "".join(f", {s} submit --tta {infer_s[recipe, s]:.0f} s" for s in SETS))
+    print(f"wall time {time.perf_counter() - started:.0f} s")
+    (args.project / "generalise.json").write_text(json.dumps(
+        {"recipes": {r[0]: r[1:] for r in recipes}, "runs": {r: {t: str(p) for t, p in v.items()} for r, v in runs.items()},
+         "submissions": {s: {r: str(p) for r, p in v.items()} for s, v in submissions.items()}}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
