@@ -21,8 +21,6 @@ import argparse
 import hashlib
 import json
 import os
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -34,22 +32,12 @@ from maskcls.config import CONFIG_DIR, load_config
 from maskcls.data.labels import decode
 from maskcls.evaluate import read_answers
 from maskcls.metrics import bootstrap_macro_f1
+from quality import maskcls  # bench/quality.py's command runner (bench/ is on the path)
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 SETS = {"dev": SHARED / "faces", "ood": SHARED / "ood_ffhq"}
 TASKS = ("mask", "age", "gender")
 PARTS = {"mask": 0, "gender": 1, "age": 2}  # position in labels.decode's (mask, gender, age_band)
-
-
-def maskcls(*args: str) -> tuple[str, float]:
-    """Run one maskcls command; return its stdout and wall seconds; stop on failure."""
-    start = time.perf_counter()
-    done = subprocess.run([sys.executable, "-m", "maskcls", *args], capture_output=True, text=True)
-    seconds = time.perf_counter() - start
-    if done.returncode != 0:
-        sys.exit(f"`maskcls {' '.join(args)}` failed:\n{done.stdout[-2000:]}\n{done.stderr[-3000:]}")
-    print(f"  {seconds:7.1f} s  maskcls {' '.join(args)}", flush=True)
-    return done.stdout, seconds
 
 
 def task_overrides(task: str, items: list[str]) -> list[str]:
