@@ -33,13 +33,15 @@ def test_robustness_augmentations_build_and_change_an_image(name):
     assert np.abs(out.astype(int) - image.astype(int)).mean() > 1.0, f"{name} left the image as it was"
 
 
-def test_grayscale_leaves_no_colour_and_named_augmentations_are_not_in_the_recipes():
+def test_grayscale_leaves_no_colour_and_only_measured_robustness_augmentations_are_in_the_recipes():
     transform = build_augmentation("grayscale")
     transform.p = 1.0
     out = transform(image=face_like())["image"]
     assert (out[..., 0] == out[..., 1]).all() and (out[..., 1] == out[..., 2]).all()
-    for task in ("mask", "gender", "age", "joint"):  # they wait for a benchmark
-        assert not set(ROBUSTNESS) & set(load_config(task).augment)
+    # shift_scale and downscale were benchmarked (docs/benchmarks.md, "Generalisation"); the others wait for one
+    for task in ("mask", "gender", "age"):
+        assert set(ROBUSTNESS) & set(load_config(task).augment) == {"shift_scale", "downscale"}
+    assert not set(ROBUSTNESS) & set(load_config("joint").augment)
 
 
 def test_an_albumentations_entry_is_built_by_albumentations_with_its_arguments():
