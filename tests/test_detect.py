@@ -27,8 +27,7 @@ from maskcls.tasks import SPECIALISTS, get_task
 skimage_data = pytest.importorskip("skimage.data")
 
 runner = CliRunner()
-# age_target=band: three-band heads here; the year head of configs/age.yaml is tested in test_years.py
-TINY = ["backbone=test_efficientnet", "pretrained=none", "age_target=band", "crop=none", "img_size=32", "batch_size=8"]
+TINY = ["backbone=test_efficientnet", "pretrained=none", "crop=none", "img_size=32", "batch_size=8"]
 PORTRAIT = (160, 200)  # the astronaut's upper body at the competition's framing (as in test_crop)
 FACE_POINTS = [(53, 51), (74, 52), (51, 70), (73, 71)]  # eyes and mouth corners in the portrait
 

@@ -23,8 +23,7 @@ from maskcls.losses import build_loss
 from maskcls.submit import predict_runs, write_predictions
 from maskcls.tasks import get_task
 
-# age_target=band: three-band heads here; the year head of configs/age.yaml is tested in test_years.py
-TINY = ["backbone=test_efficientnet", "pretrained=none", "age_target=band", "crop=none", "img_size=32", "batch_size=16", "workers=0",
+TINY = ["backbone=test_efficientnet", "pretrained=none", "crop=none", "img_size=32", "batch_size=16", "workers=0",
         "folds=3", "epochs=1"]
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
 

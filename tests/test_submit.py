@@ -25,8 +25,7 @@ from maskcls.infer import build_views, predict_probs, tta_views
 from maskcls.submit import vote
 
 runner = CliRunner()
-# age_target=band: three-band heads here; the year head of configs/age.yaml is tested in test_years.py
-TINY = ["backbone=test_efficientnet", "pretrained=none", "age_target=band", "crop=none", "img_size=32", "batch_size=8", "folds=3", "preload=false"]
+TINY = ["backbone=test_efficientnet", "pretrained=none", "crop=none", "img_size=32", "batch_size=8", "folds=3", "preload=false"]
 
 
 def run(*args):
