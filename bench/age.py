@@ -30,7 +30,7 @@ import numpy as np
 import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from quality import FULL, QUICK, maskcls, recipe_hash  # noqa: E402  the same budgets and command runner
+from quality import budget as recipe_budget, finished_run, maskcls, recipe_hash  # noqa: E402  the same budgets and command runner
 
 from maskcls.data import load_train, split_images  # noqa: E402
 from maskcls.data.labels import decode  # noqa: E402
@@ -80,7 +80,7 @@ def main() -> None:
         return
     os.environ["MASKCLS_NO_PROGRESS"] = "1"
     started = time.perf_counter()
-    budget = QUICK if args.quick else FULL
+    budget = recipe_budget(args.quick)
     project = args.project / ("quick" if args.quick else "full")
     common = [f"data_dir={args.data}", f"lr={budget['lr']}", f"backbone={args.backbone}",
               f"pretrained={args.pretrained}", f"batch_size={budget['batch_size']}", f"crop={args.crop}",
@@ -103,14 +103,7 @@ def main() -> None:
         name = (f"{task}-{target}-x{extra_faces}-{size}px-e{epochs}-s{args.seed}"
                 f"{f'-sd{args.sigma:g}' if years else ''}-{recipe_hash(task)}")
         run = project / task / name
-        done = run / "results.csv"
-        if done.is_file() and len(pd.read_csv(done)) == epochs:
-            print(f"  reuse {run}", flush=True)
-        elif (run / "last.pt").is_file():
-            maskcls("train", task, "--resume", str(run))
-        else:
-            maskcls("train", task, *common, *extra, *years, f"img_size={size}", f"epochs={epochs}", f"name={name}")
-        seconds[run] = float(pd.read_csv(done)["seconds"].sum())
+        seconds[run] = finished_run(task, run, epochs, [*common, *extra, *years, f"img_size={size}", f"epochs={epochs}"])
         return run
 
     truth_table = pd.read_csv(labels_csv, dtype={"person": str})

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from quality import DEFAULT_DATA, FULL, QUICK, maskcls, recipe_hash  # bench/quality.py
+from quality import DEFAULT_DATA, budget as recipe_budget, maskcls, recipe_hash  # bench/quality.py
 
 TASKS = ("mask", "age", "gender")  # combine's order
 
@@ -45,7 +45,7 @@ def main() -> None:
 
     os.environ["MASKCLS_NO_PROGRESS"] = "1"
     started = time.perf_counter()
-    budget = QUICK if args.quick else FULL
+    budget = recipe_budget(args.quick)
     folds = args.folds or (3 if args.quick else 5)
     project = args.project / ("quick" if args.quick else "full")
     common = [f"data_dir={args.data}", f"lr={budget['lr']}", f"backbone={args.backbone}", f"pretrained={args.pretrained}",

@@ -32,7 +32,7 @@ from maskcls.config import CONFIG_DIR, load_config
 from maskcls.data.labels import decode
 from maskcls.evaluate import read_answers
 from maskcls.metrics import bootstrap_macro_f1
-from quality import maskcls  # bench/quality.py's command runner (bench/ is on the path)
+from quality import finished_run, maskcls  # bench/quality.py's runner (bench/ is on the path)
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 SETS = {"dev": SHARED / "faces", "ood": SHARED / "ood_ffhq"}
@@ -68,15 +68,7 @@ def train(task: str, overrides: list[str], project: Path, data: Path, seed: int)
     items = [f"data_dir={data}", f"seed={seed}", *overrides]
     name = recipe_name(task, items)
     run = project / task / name
-    results = run / "results.csv"
-    epochs = load_config(task, items).epochs
-    if results.is_file() and len(pd.read_csv(results)) == epochs:
-        print(f"  reuse {run}", flush=True)
-    elif (run / "last.pt").is_file():
-        maskcls("train", task, "--resume", str(run))
-    else:
-        maskcls("train", task, *items, f"project={project}", f"name={name}")
-    return run, float(pd.read_csv(results)["seconds"].sum())
+    return run, finished_run(task, run, load_config(task, items).epochs, [*items, f"project={project}"])
 
 
 def present_f1_draws(truth: np.ndarray, preds: dict, people, num_classes: int) -> dict[str, np.ndarray]:

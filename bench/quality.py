@@ -49,6 +49,28 @@ def maskcls(*args: str) -> tuple[str, float]:
     return done.stdout, seconds
 
 
+def budget(quick: bool = False) -> dict:
+    """configs/' per-task image sizes and epochs and their batch size and lr (with --quick's smoke overrides),
+    for the scripts that pass them on as overrides (bench/age.py, bench/cv_quality.py)."""
+    configs = {task: load_config(task, QUICK[task] if quick else []) for task in TASKS}
+    return {"img_size": {t: c.img_size for t, c in configs.items()}, "epochs": {t: c.epochs for t, c in configs.items()},
+            "batch_size": configs["mask"].batch_size, "lr": configs["mask"].lr}
+
+
+def finished_run(task: str, run: Path, epochs: int, train_args) -> float:
+    """Train ``run`` (``<project>/<task>/<name>``), finish its interrupted training, or reuse it when it holds
+    ``epochs`` epochs; returns its epochs' seconds, the same whether it is fresh, resumed or reused (no image
+    preloading, no validation)."""
+    done = run / "results.csv"
+    if done.is_file() and len(pd.read_csv(done)) == epochs:
+        print(f"  reuse {run}", flush=True)
+    elif (run / "last.pt").is_file():
+        maskcls("train", task, "--resume", str(run))
+    else:
+        maskcls("train", task, *train_args, f"name={run.name}")
+    return float(pd.read_csv(done)["seconds"].sum())
+
+
 def recipe_hash(task: str, varied: list[str]) -> str:
     """Six hex digits of ``configs/<task>.yaml`` and the ``--set`` overrides: an edited recipe trains a new run,
     never reuses the old one."""
@@ -107,16 +129,7 @@ def main() -> None:
         # a new budget, recipe or --set: a new run
         name = f"{task}-{size}px-e{epochs}-s{args.seed}-{recipe_hash(task, args.varied)}"
         runs[task] = run = project / task / name
-        done = run / "results.csv"
-        if done.is_file() and len(pd.read_csv(done)) == epochs:
-            print(f"  reuse {run}", flush=True)
-        elif (run / "last.pt").is_file():
-            maskcls("train", task, "--resume", str(run))
-        else:
-            maskcls("train", task, *overrides[task], f"name={name}")
-        # training time proper, the same whether the run is fresh, resumed or reused: the epochs' seconds
-        # (no image preloading, no validation)
-        seconds[task] = float(pd.read_csv(done)["seconds"].sum())
+        seconds[task] = finished_run(task, run, epochs, overrides[task])
 
     for task in ("mask", "gender", "age"):
         train(task)
