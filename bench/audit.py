@@ -86,15 +86,14 @@ def plant_errors(data: Path, out: Path, seed: int) -> dict:
 
 
 def reuse_crops(data: Path, copy: Path, renamed: dict) -> int:
-    """Point the copy's crop cache at the source's cached crops (keyed by content hash, so a crop stays valid
+    """Give the copy's crop cache the source's cached face boxes (keyed by content hash, so a box stays valid
     under its new name); returns how many entries were carried over."""
     from maskcls.data.crop import MANIFEST_COLUMNS, read_manifest, resolve_cache_dir
     from maskcls.io import atomic_write_csv
 
     source_cache = resolve_cache_dir(data)
     entries = read_manifest(source_cache)
-    rows = [{**entry, "path": renamed[key], "crop": str((source_cache / entry["crop"]).resolve())}
-            for key, entry in entries.items() if key in renamed]
+    rows = [{**entry, "path": renamed[key]} for key, entry in entries.items() if key in renamed]
     if rows:
         atomic_write_csv(resolve_cache_dir(copy) / "manifest.csv", pd.DataFrame(rows, columns=MANIFEST_COLUMNS))
     return len(rows)

@@ -156,20 +156,24 @@ def cv(
 @app.command()
 def crop(
     data_dir: Annotated[Path, typer.Argument(help="Dataset folder holding train/ and eval/.")],
-    margin: Annotated[float, typer.Option(help="Grow the face box by this fraction of its size on every side.")] = CropSettings.margin,
-    fallback: Annotated[float, typer.Option(help="Centre crop of this fraction of the image when no face is found.")] = CropSettings.fallback,
+    margin: Annotated[float, typer.Option(help="The contact sheet's crops: grow the face box by this fraction of its "
+                                               "size on every side (training applies the run's crop_margin).")] = CropSettings.margin,
+    fallback: Annotated[float, typer.Option(help="The contact sheet's centre crop, of this fraction of the image, "
+                                                 "where no face is found.")] = CropSettings.fallback,
+    square: Annotated[bool, typer.Option(help="The contact sheet's crops: square the face box first.")] = CropSettings.square,
     cache_dir: Annotated[Optional[Path], typer.Option(help="Default: <data_dir parent>/.maskcls_cache/<name>.")] = None,
     batch_size: Annotated[int, typer.Option(help="Images per MTCNN batch.")] = 32,
     sheet: Annotated[Optional[Path], typer.Option(help="Contact sheet PNG (default: <cache>/contact_sheet.png).")] = None,
     extra: Annotated[Optional[List[Path]], typer.Option(help="An extra_data folder to crop too (its cache beside "
                                                              "it); repeatable.")] = None,
 ):
-    """Detect the face in every train and eval image with MTCNN and cache the crops (re-runs reuse them).
+    """Detect the face in every train and eval image with MTCNN and cache the boxes (re-runs reuse them; a run
+    cuts its crops from them with its crop_margin / crop_square, so those need no new detection).
 
     DATA_DIR may also be an extra_data folder (images/ + labels.csv)."""
     from .data.crop import run_crop
 
-    settings = CropSettings(margin=margin, fallback=fallback)
+    settings = CropSettings(margin=margin, fallback=fallback, square=square)
     summaries = [run_crop(data_dir, settings, cache_dir=cache_dir, batch_size=batch_size, sheet=sheet)]
     summaries += [run_crop(folder, settings, batch_size=batch_size) for folder in extra or []]
     for summary in summaries:

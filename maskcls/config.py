@@ -36,6 +36,7 @@ class Config:
     crop: str = "none"  # none | center | mtcnn (cached face crops, computed on the fly when missing)
     crop_margin: float = CropSettings.margin  # box grows by this fraction of its size on every side
     crop_fallback: float = CropSettings.fallback  # centre crop of this fraction of the image when no face is found
+    crop_square: bool = CropSettings.square  # square the face box (its longer side) before the margin
     crop_cache: str = ""  # "" -> <data_dir parent>/.maskcls_cache/<data_dir name> (~/.cache/maskcls/... if read-only)
     # model
     backbone: str = "tf_efficientnet_lite0"  # any timm model name

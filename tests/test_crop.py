@@ -66,6 +66,13 @@ def test_expand_box_grows_by_margin_and_rounds_outwards():
     assert expand_box((10.4, 20.6, 29.5, 59.2), (100, 100), 0.0) == (10, 20, 30, 60)
 
 
+def test_a_square_crop_takes_the_longer_side_about_the_same_centre():
+    face = faces_module.Face((10, 20, 30, 60), 1.0)
+    assert faces_module.crop_box(face, (100, 100), CropSettings(margin=0.0, square=True)) == (0, 20, 40, 60)
+    assert faces_module.crop_box(face, (100, 100), CropSettings(margin=0.0)) == (10, 20, 30, 60)
+    assert faces_module.crop_box(face, (100, 100), CropSettings(margin=0.5, square=True)) == (0, 0, 60, 80)
+
+
 def test_expand_box_clips_to_image():
     assert expand_box((-5, 90, 50, 130), (60, 120), 0.1) == (0, 86, 56, 120)
     with pytest.raises(ValueError):
@@ -151,7 +158,7 @@ def dataset(tmp_path) -> Path:
     return make_sample_dataset(tmp_path / "faces", people=2, eval_people=1, size=(64, 80))
 
 
-def test_run_crop_writes_crops_manifest_and_sheet_outside_the_dataset(dataset):
+def test_run_crop_writes_the_face_boxes_and_sheet_outside_the_dataset(dataset):
     summary = run_crop(dataset, CropSettings(), batch_size=5, detectors=[FixedDetector()], show_progress=False)
     cache = dataset.parent / ".maskcls_cache" / "faces"
     assert summary.cache_dir == cache and summary.images == {"train": 14, "eval": 7}
@@ -160,12 +167,13 @@ def test_run_crop_writes_crops_manifest_and_sheet_outside_the_dataset(dataset):
     assert len(manifest) == 21 and set(manifest["split"]) == {"train", "eval"}
     row = manifest.iloc[0]
     border = round(0.1 * 80)
-    expected = expand_box((20 - border, 20 - border, 70 - border, 80 - border), (64, 80), 0.25)
-    assert tuple(row[["x1", "y1", "x2", "y2"]]) == expected
-    with Image.open(cache / row["crop"]) as image:
-        assert image.size == (expected[2] - expected[0], expected[3] - expected[1])
+    face = (20 - border, 20 - border, 70 - border, 80 - border)
+    assert tuple(row[["x1", "y1", "x2", "y2"]]) == face  # the face found, not the crop: the margin comes at load
+    expected = expand_box(face, (64, 80), 0.25)
+    image = build_image_loader(Config(data_dir=str(dataset), crop="mtcnn"))(str(dataset / row["path"]))
+    assert image.size == (expected[2] - expected[0], expected[3] - expected[1])
     assert summary.sheet.is_file()
-    assert not list(dataset.rglob("*.png.png"))
+    assert not list(cache.rglob("*.png")) or list(cache.rglob("*.png")) == [summary.sheet]  # no crop files
 
 
 def test_no_face_falls_back_to_a_centre_crop(dataset):
@@ -174,7 +182,10 @@ def test_no_face_falls_back_to_a_centre_crop(dataset):
     assert summary.detected == {"train": 0, "eval": 0} and summary.fallbacks == 21
     manifest = pd.read_csv(summary.cache_dir / "manifest.csv")
     assert manifest["fallback"].all() and (manifest["pass"] == 0).all()
-    assert tuple(manifest.iloc[0][["x1", "y1", "x2", "y2"]]) == center_box((64, 80), 0.5)
+    assert manifest[["x1", "y1", "x2", "y2"]].isna().all().all()  # no face box
+    loader = build_image_loader(Config(data_dir=str(dataset), crop="mtcnn", crop_fallback=0.5))
+    left, top, right, bottom = center_box((64, 80), 0.5)
+    assert loader(str(dataset / manifest.iloc[0]["path"])).size == (right - left, bottom - top)
     assert "fallbacks (centre crop): 21" in summary.format()
 
 
@@ -192,9 +203,13 @@ def test_cache_hits_and_misses(dataset):
     summary = run_crop(dataset, CropSettings(), detectors=[FixedDetector()], show_progress=False, sheet=False)
     assert summary.cropped_now == 1  # only the changed image
 
-    summary = run_crop(dataset, CropSettings(margin=0.1), detectors=[FixedDetector()], show_progress=False,
+    summary = run_crop(dataset, CropSettings(margin=0.1, square=True, fallback=0.3), detectors=[FixedDetector()],
+                       show_progress=False, sheet=False)
+    assert summary.cropped_now == 0  # the crop's geometry is applied at load: no detection again
+
+    summary = run_crop(dataset, CropSettings(min_face_size=30), detectors=[FixedDetector()], show_progress=False,
                        sheet=False)
-    assert summary.cropped_now == 21  # a changed setting redoes everything
+    assert summary.cropped_now == 21  # a changed detection setting redoes everything
 
 
 def test_interrupted_run_keeps_its_work_and_resumes(dataset):

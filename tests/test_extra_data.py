@@ -14,6 +14,7 @@ from maskcls.config import ConfigError, load_config
 from maskcls.data import DataError
 from maskcls.data import crop as crop_module
 from maskcls.data.crop import read_manifest, resolve_cache_dir
+from maskcls.data.faces import CropSettings
 from maskcls.data.extra import build_train_image_loader, check_extra, extra_images, sample_weights, with_extra
 from maskcls.data.sample import make_sample_dataset, make_sample_extra
 from maskcls.engine import build_datasets, fit
@@ -185,12 +186,16 @@ def test_extra_faces_are_cropped_and_cached_beside_their_folder(tiny_data, tmp_p
     config = load_config("age", [f"data_dir={data}", f"extra_data={extra}", "crop=mtcnn"])
     loader = pickle.loads(pickle.dumps(build_train_image_loader(config)))
     monkeypatch.setattr(crop_module, "create_detectors", lambda *a, **k: pytest.fail("the cache should be used"))
-    crop = loader(str(extra / "images" / "extra_00002.jpg"))
-    cached = crop_module.open_rgb(resolve_cache_dir(extra) / extra_manifest["images/extra_00002.jpg"]["crop"])
-    assert np.array_equal(np.asarray(crop), np.asarray(cached))
+    source = extra / "images" / "extra_00002.jpg"
+    image = crop_module.open_rgb(source)
+    cached_face = crop_module.entry_face(extra_manifest["images/extra_00002.jpg"])
+    expected = image.crop(crop_module.crop_box(cached_face, image.size, CropSettings.from_config(config)))
+    assert np.array_equal(np.asarray(loader(str(source))), np.asarray(expected))
     main_image = next((data / "train" / "images").rglob("mask1.jpg"))
-    assert loader(str(main_image)).size == crop_module.open_rgb(
-        resolve_cache_dir(data) / main_manifest[main_image.relative_to(data).as_posix()]["crop"]).size
+    main_face = crop_module.entry_face(main_manifest[main_image.relative_to(data).as_posix()])
+    left, top, right, bottom = crop_module.crop_box(main_face, crop_module.open_rgb(main_image).size,
+                                                    CropSettings.from_config(config))
+    assert loader(str(main_image)).size == (right - left, bottom - top)
 
 
 def test_a_face_filling_an_extra_image_is_cropped_not_refused_for_its_size(tiny_data, tmp_path):

@@ -2,11 +2,13 @@
 itself: ``faces.py``).
 
 The competition photos are upper-body shots; the strong entries cropped the face first with
-facenet-pytorch's MTCNN and fell back to a centre crop. ``run_crop`` does it once for a whole dataset
-into a cache folder (crops as PNG + ``manifest.csv``); ``build_image_loader`` reads that cache and
-crops on the fly, with the same code, where the cache has no valid entry.
+facenet-pytorch's MTCNN and fell back to a centre crop. ``run_crop`` detects once for a whole dataset
+into a cache folder (``manifest.csv``: the face box of every image, or none); ``build_image_loader`` reads
+that cache, cuts the box with the run's geometry (margin, square, fallback: ``faces.crop_box``) and detects
+on the fly, with the same code, where the cache has no valid entry. The geometry is not in the cache, so a
+run may change the margin without detecting again.
 
-Cache validity: an entry is used only when the source file's SHA-1 and the crop settings' hash both
+Cache validity: an entry is used only when the source file's SHA-1 and the detection settings' hash both
 match, so a changed image or setting is redone and everything else is kept.
 """
 from __future__ import annotations
@@ -25,13 +27,14 @@ import pandas as pd
 from PIL import Image
 
 from ..errors import ConfigError
-from ..io import atomic_path, atomic_write_csv
+from ..io import atomic_write_csv
 from .faces import CropSettings, Face, center_box, create_detectors, crop_box, pick_faces
 from .images import open_rgb
 from .layout import DataError, scan_eval, scan_train
 
 CROP_MODES = ("none", "center", "mtcnn")  # the config's `crop`: whole image, centre crop, cached face crop
-MANIFEST_COLUMNS = ("path", "split", "crop", "x1", "y1", "x2", "y2", "prob", "fallback", "pass", "source_hash",
+# x1..y2: the face box found (may run past the image edge), empty when none was (fallback: the centre crop)
+MANIFEST_COLUMNS = ("path", "split", "x1", "y1", "x2", "y2", "prob", "fallback", "pass", "source_hash",
                     "settings_hash")
 _SAVE_EVERY_S = 10.0  # manifest rewrite interval during a run; a hard kill loses at most this much work
 
@@ -100,9 +103,15 @@ def _write_manifest(cache_dir: Path, entries: dict[str, dict]) -> None:
     atomic_write_csv(Path(cache_dir) / "manifest.csv", pd.DataFrame(list(entries.values()), columns=MANIFEST_COLUMNS))
 
 
-def _valid(entry: dict | None, source_hash: str, settings_hash: str, cache_dir: Path) -> bool:
-    return (entry is not None and entry["settings_hash"] == settings_hash and entry["source_hash"] == source_hash
-            and (cache_dir / entry["crop"]).is_file())
+def _valid(entry: dict | None, source_hash: str, settings_hash: str) -> bool:
+    return entry is not None and entry["settings_hash"] == settings_hash and entry["source_hash"] == source_hash
+
+
+def entry_face(entry: dict) -> Face | None:
+    """The face of a manifest row (None where none was found)."""
+    if _flag(entry["fallback"]):
+        return None
+    return Face(tuple(float(entry[k]) for k in ("x1", "y1", "x2", "y2")), float(entry["prob"] or 0))
 
 
 # ------------------------------------------------------------------------------------------------ loader
@@ -124,21 +133,22 @@ class ImageLoader:
         return {**self.__dict__, "_entries": None, "_detectors": None}
 
     def __call__(self, path: str | Path) -> Image.Image:
-        if self.mode == "none":
-            return open_rgb(path)
-        if self.mode == "center":
-            image = open_rgb(path)
-            return image.crop(center_box(image.size, self.settings.fallback))
-        cached = self._cached(path)
-        if cached is not None:
-            return cached
         image = open_rgb(path)
-        if self._detectors is None:
-            self._detectors = create_detectors(self.settings, device="cpu")
-        face, _ = pick_faces([image], self.settings, self._detectors)[0]
+        if self.mode == "none":
+            return image
+        if self.mode == "center":
+            return image.crop(center_box(image.size, self.settings.fallback))
+        entry = self._cached(path)
+        if entry is not None:
+            face = entry_face(entry)
+        else:
+            if self._detectors is None:
+                self._detectors = create_detectors(self.settings, device="cpu")
+            face, _ = pick_faces([image], self.settings, self._detectors)[0]
         return image.crop(crop_box(face, image.size, self.settings))
 
-    def _cached(self, path) -> Image.Image | None:
+    def _cached(self, path) -> dict | None:
+        """The valid manifest row of ``path`` (the file has decoded already), or None."""
         if self._entries is None:
             self._entries = read_manifest(Path(self.cache_dir))
         key = _key(path, self.data_dir)
@@ -146,10 +156,8 @@ class ImageLoader:
         if entry is None or entry["settings_hash"] != self.settings_hash:  # no need to hash the source
             return None
         try:
-            if not _valid(entry, file_hash(path), self.settings_hash, Path(self.cache_dir)):
-                return None
-            return open_rgb(Path(self.cache_dir) / entry["crop"])
-        except (OSError, DataError):  # source missing or crop unreadable: crop from the source, which names the file
+            return entry if _valid(entry, file_hash(path), self.settings_hash) else None
+        except OSError:
             return None
 
 
@@ -267,7 +275,7 @@ def run_crop(data_dir: str | Path, config_or_settings=None, cache_dir: str | Pat
         for (split, path), key, source_hash in zip(items, keys, hashes):
             if isinstance(source_hash, DataError):
                 summary.bad.append(str(source_hash))
-            elif _valid(entries.get(key), source_hash, settings_hash, cache):
+            elif _valid(entries.get(key), source_hash, settings_hash):
                 keep[key] = entries[key]
             else:
                 todo.append((split, path, key, source_hash))
@@ -293,8 +301,7 @@ def run_crop(data_dir: str | Path, config_or_settings=None, cache_dir: str | Pat
                     faces = pick_faces([image for _, image in good], settings, detectors) if good else []
                     summary.detect_seconds += time.perf_counter() - tick
                     for ((split, path, key, source_hash), image), (face, found_by) in zip(good, faces):
-                        entries[key] = _save_crop(image, face, found_by, settings, cache, split, key, source_hash,
-                                                  settings_hash)
+                        entries[key] = _manifest_row(face, found_by, split, key, source_hash, settings_hash)
                         summary.cropped_now += 1
                     bar_crop.update(len(chunk))
                     if time.monotonic() - last_save > _SAVE_EVERY_S:
@@ -312,8 +319,8 @@ def run_crop(data_dir: str | Path, config_or_settings=None, cache_dir: str | Pat
         if not _flag(entry["fallback"]):
             summary.by_pass[int(entry["pass"])] = summary.by_pass.get(int(entry["pass"]), 0) + 1
     if sheet is not False:
-        summary.sheet = write_contact_sheet(cache, current, Path(sheet) if sheet else cache / "contact_sheet.png",
-                                            limit=sheet_size)
+        summary.sheet = write_contact_sheet(data_dir, current, settings,
+                                            Path(sheet) if sheet else cache / "contact_sheet.png", limit=sheet_size)
     summary.seconds = time.perf_counter() - started
     return summary
 
@@ -322,19 +329,17 @@ def _flag(value) -> bool:
     return str(value).lower() in ("true", "1")
 
 
-def _save_crop(image: Image.Image, face: Face | None, found_by: int, settings: CropSettings, cache: Path,
-               split: str, key: str, source_hash: str, settings_hash: str) -> dict:
-    box = crop_box(face, image.size, settings)
-    crop_rel = f"crops/{key}.png"  # keeps the source suffix: mask1.jpg and mask1.png never collide
-    with atomic_path(cache / crop_rel) as tmp:
-        image.crop(box).save(tmp, format="PNG")
-    return {"path": key, "split": split, "crop": crop_rel, "x1": box[0], "y1": box[1], "x2": box[2], "y2": box[3],
+def _manifest_row(face: Face | None, found_by: int, split: str, key: str, source_hash: str,
+                  settings_hash: str) -> dict:
+    box = ("", "", "", "") if face is None else tuple(round(v, 2) for v in face.box)
+    return {"path": key, "split": split, "x1": box[0], "y1": box[1], "x2": box[2], "y2": box[3],
             "prob": "" if face is None else round(face.prob, 4), "fallback": face is None,
             "pass": found_by, "source_hash": source_hash, "settings_hash": settings_hash}
 
 
-def write_contact_sheet(cache: Path, entries: list[dict], path: Path, limit: int = 120, seed: int = 0) -> Path:
-    """Every fallback (up to half of ``limit``), then a random sample of detected crops."""
+def write_contact_sheet(data_dir: str | Path, entries: list[dict], settings: CropSettings, path: Path,
+                        limit: int = 120, seed: int = 0) -> Path:
+    """Every fallback (up to half of ``limit``), then a random sample of detected crops, cut with ``settings``."""
     from ..plots import save_contact_sheet
 
     fallbacks = [e for e in entries if _flag(e["fallback"])]
@@ -344,8 +349,8 @@ def write_contact_sheet(cache: Path, entries: list[dict], path: Path, limit: int
     chosen += rng.sample(detected, min(len(detected), limit - len(chosen)))
     images, captions = [], []
     for entry in chosen:
-        with Image.open(cache / entry["crop"]) as image:
-            images.append(image.convert("RGB"))
+        image = open_rgb(Path(data_dir) / entry["path"])
+        images.append(image.crop(crop_box(entry_face(entry), image.size, settings)))
         detected_caption = f"pass {entry['pass']} p={float(entry['prob'] or 0):.2f}"
         captions.append("fallback" if _flag(entry["fallback"]) else detected_caption)
     flagged = [_flag(e["fallback"]) for e in chosen]

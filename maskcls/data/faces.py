@@ -14,7 +14,7 @@ from typing import Sequence
 import numpy as np
 from PIL import Image, ImageOps
 
-CROP_VERSION = 2  # bump when the crop code changes what it writes: every cached crop is then redone
+CROP_VERSION = 3  # bump when the detection code changes what it finds: every cached detection is then redone
 
 
 @dataclass(frozen=True)
@@ -56,10 +56,13 @@ LOOSER = (0.3, 0.05, 0.05)
 
 @dataclass(frozen=True)
 class CropSettings:
-    """Everything that decides a crop; its ``digest`` keys the cache."""
+    """Everything that decides a crop. The geometry (``GEOMETRY``: margin, square, fallback) is applied when an
+    image is read, so it can change without detecting again; the rest decides the face and its ``digest`` keys
+    the cache of detections."""
 
     margin: float = 0.25  # the face box grows by this fraction of its width/height on every side
     fallback: float = 0.6  # centre crop of this fraction of the image when no face is found
+    square: bool = False  # make the face box square (its longer side, same centre) before the margin
     # A later pass runs only on images still without a face. facenet-pytorch's defaults first; masks hide
     # the nose and mouth that R- and O-net look for, and the first pass misses about a third of the
     # masked faces of ../shared/data/faces. Looser thresholds on other views of the image find most of
@@ -79,11 +82,16 @@ class CropSettings:
 
     @classmethod
     def from_config(cls, config) -> CropSettings:
-        return cls(margin=config.crop_margin, fallback=config.crop_fallback)
+        return cls(margin=config.crop_margin, fallback=config.crop_fallback, square=config.crop_square)
 
     def digest(self) -> str:
-        text = json.dumps({"version": CROP_VERSION, **dataclasses.asdict(self)}, sort_keys=True)
+        """The hash of the detection choices (every field but ``GEOMETRY``): the key of a cached detection."""
+        fields = {k: v for k, v in dataclasses.asdict(self).items() if k not in GEOMETRY}
+        text = json.dumps({"version": CROP_VERSION, **fields}, sort_keys=True)
         return hashlib.sha1(text.encode()).hexdigest()[:12]
+
+
+GEOMETRY = ("margin", "fallback", "square")  # CropSettings applied to a cached face when an image is read
 
 
 # ----------------------------------------------------------------------------------------------- detection
@@ -222,7 +230,16 @@ def center_box(image_size: tuple[int, int], fraction: float) -> tuple[int, int, 
     return left, top, left + crop_w, top + crop_h
 
 
+def square_box(box: Sequence[float]) -> tuple[float, float, float, float]:
+    """``box`` made square: its longer side, about the same centre."""
+    x1, y1, x2, y2 = box
+    half = max(x2 - x1, y2 - y1) / 2
+    cx, cy = (x1 + x2) / 2, (y1 + y2) / 2
+    return cx - half, cy - half, cx + half, cy + half
+
+
 def crop_box(face: Face | None, image_size: tuple[int, int], settings: CropSettings) -> tuple[int, int, int, int]:
+    """The box cut for ``face`` (the centre crop when None): squared if asked, grown by the margin, clipped."""
     if face is None:
         return center_box(image_size, settings.fallback)
-    return expand_box(face.box, image_size, settings.margin)
+    return expand_box(square_box(face.box) if settings.square else face.box, image_size, settings.margin)
