@@ -83,7 +83,7 @@ def main() -> None:
         out = project / f"submission_{models.replace(' ', '_')}.csv"
         _, infer_s = maskcls("submit", *(x for t in TASKS for x in (f"--{t}", str(runs[t]))), "--tta", "--bias",
                              "none", "--out", str(out))
-        tables = [str(cvs[t] / "fold0" / prediction) for t in TASKS]  # submit writes into the first run folder
+        tables = [str(runs[t] / prediction) for t in TASKS]  # submit writes a fold's into it, the vote into the CV folder
         train_s = sum(seconds[t][0] if models == "fold 0" else sum(seconds[t]) for t in TASKS)
         for bias_name, bias_file in (("no bias", None), *bias.items()):
             label = f"{models} + TTA" + ("" if bias_file is None else f" + bias tuned on {bias_name}")

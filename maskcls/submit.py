@@ -25,6 +25,7 @@ from .engine import pick_device
 from .infer import (Run, build_views, image_table, inference_engine, inference_model, load_run,
                     predict_probs, predict_probs_and_age, tta_views)
 from .io import atomic_path, atomic_write_text, is_main_process, note_path
+from .runs import run_home
 from .tasks import SPECIALISTS
 from .years import AGE_COLUMN, reports_age
 
@@ -129,9 +130,12 @@ def merge_tables(tables: Sequence[pd.DataFrame], names: Sequence, split: str, ho
 
 
 def default_output(run_dirs: Sequence[str | Path], split: str, tta: bool, how: str) -> Path:
-    """``<first run>/pred_<split>[_tta][_<vote><runs>].csv``."""
+    """``<folder>/pred_<split>[_tta][_<vote><runs>].csv``: the folder is the CV folder when the runs are folds of
+    one, else the first run."""
     suffix = f"_{how}{len(run_dirs)}" if len(run_dirs) > 1 else ""
-    return Path(run_dirs[0]) / f"pred_{split}{'_tta' if tta else ''}{suffix}.csv"
+    homes = {run_home(r) for r in run_dirs}
+    folder = homes.pop() if len(run_dirs) > 1 and len(homes) == 1 else Path(run_dirs[0])
+    return folder / f"pred_{split}{'_tta' if tta else ''}{suffix}.csv"
 
 
 def write_predictions(table: pd.DataFrame, path: str | Path, note: dict) -> Path:

@@ -144,7 +144,8 @@ def test_submit_with_cv_folders_averages_folds_and_applies_the_bias_tuned_on_the
     result = run("submit", "--project", project, "--out", sub)  # the newest run of each task: its CV folder
     assert result.exit_code == 0, result.output
     assert f"bias: {project / 'bias.yaml'}" in result.stdout
-    table = pd.read_csv(cvs["mask"] / "fold0" / "pred_eval_soft3.csv")
+    assert not (cvs["mask"] / "fold0" / "pred_eval_soft3.csv").exists()  # the folds' vote is the CV folder's
+    table = pd.read_csv(cvs["mask"] / "pred_eval_soft3.csv")
     each = [predict_run(load_run(cvs["mask"] / f"fold{k}"), "eval", tiny_data) for k in range(3)]
     assert np.allclose(table[["p0", "p1", "p2"]], np.mean([t[["p0", "p1", "p2"]] for t in each], axis=0), atol=1e-5)
     one_fold = run("submit", "--mask", cvs["mask"] / "fold0", "--age", cvs["age"], "--gender", cvs["gender"],
