@@ -3,13 +3,15 @@
     python bench/generalise.py                                   # the recipe in configs/, as a user gets it
     python bench/generalise.py --recipe robust augment+=downscale,blur,jpeg   # a candidate: overrides on top
     python bench/generalise.py --runs mask=runs/mask/exp age=runs/age/exp gender=runs/gender/exp  # score runs
+    python bench/generalise.py --rescore                         # the last invocation's submissions, scored again
 
 For each recipe it trains the three specialists with `maskcls train` (configs/<task>.yaml plus the recipe's
 overrides; a run is reused when its name, which carries a hash of the YAML and overrides, already holds a
 finished run), submits with TTA on `../shared/data/faces` (dev eval) and on `../shared/data/ood_ffhq`
 (FFHQ faces with MaskedFace-Net masks: no `not wear` class, age and gender are a face API's estimates),
 and prints one table per set: mask, gender and age-band macro F1 and the 18-class macro F1, each over the
-classes that occur in that set's labels, with 95 % intervals from a bootstrap over whole people.
+classes that occur in that set's labels, with 95 % intervals from a bootstrap over whole people; then the
+gender and mask F1 within each true age band (where a set's errors sit).
 Skips cleanly when a dataset is absent.
 
 A recipe override is `key=value` (replaces the config's value) or `key+=a,b` (appends to a list key such as
@@ -113,6 +115,40 @@ def score_set(name: str, labels: Path, submissions: dict[str, Path]) -> list[str
     return rows
 
 
+def by_age_band(name: str, labels: Path, submissions: dict[str, Path]) -> list[str]:
+    """Markdown rows: gender and mask macro F1 (present classes) within each true age band, per recipe."""
+    truth = read_answers(labels)
+    t = decode(truth.to_numpy())
+    rows = []
+    for recipe, path in submissions.items():
+        p = decode(read_answers(path).reindex(truth.index).to_numpy())
+        cells = []
+        for band in range(3):
+            inside = t[PARTS["age"]] == band
+            for task in ("gender", "mask"):
+                tt, pp = t[PARTS[task]][inside], p[PARTS[task]][inside]
+                f1 = f1_score(tt, pp, labels=np.unique(tt), average="macro", zero_division=0) if inside.any() else np.nan
+                cells.append(f"{f1:.3f}")
+            cells.append(str(int(inside.sum())))
+        rows.append(f"| {name} | {recipe} | " + " | ".join(cells) + " |")
+    return rows
+
+
+def print_tables(submissions: dict[str, dict[str, Path]]) -> None:
+    print("\n| set | recipe | mask F1 | gender F1 | age-band F1 | 18-class F1 (present classes) |")
+    print("|---|---|---|---|---|---|")
+    for set_name, data in SETS.items():
+        print("\n".join(score_set(set_name, data / "eval" / "labels.csv", submissions[set_name])))
+    print("\nF1: macro over the classes present in the set's labels (ood_ffhq has no `not wear`: mask over 2 "
+          "classes, 18-class over 12); brackets: 95 % interval over 1000 resamples of whole people.")
+    print("\nWithin each true age band (<30 / 30-59 / >=60 by the set's own ages):")
+    print("\n| set | recipe | gender <30 | mask <30 | images | gender 30-59 | mask 30-59 | images | gender old | "
+          "mask old | images |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    for set_name, data in SETS.items():
+        print("\n".join(by_age_band(set_name, data / "eval" / "labels.csv", submissions[set_name])))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--recipe", nargs="+", action="append", metavar="NAME [key=value ...]", default=[],
@@ -120,12 +156,18 @@ def main() -> None:
     parser.add_argument("--runs", nargs=3, action="append", metavar="task=RUN", default=[],
                         help="score finished runs instead of training (repeatable; named by the mask run)")
     parser.add_argument("--no-baseline", action="store_true", help="skip the configs/ recipe itself")
+    parser.add_argument("--rescore", action="store_true",
+                        help="score the submissions of the last invocation (its generalise.json) again; no training")
     parser.add_argument("--project", type=Path, default=Path("runs/generalise"))
     parser.add_argument("--seed", type=int, default=42)
     args = parser.parse_args()
     missing = [f"{name}: {path}" for name, path in SETS.items() if not (path / "eval" / "labels.csv").is_file()]
     if missing or not (SETS["dev"] / "train").is_dir():
         print(f"skip: dataset absent ({'; '.join(missing) or SETS['dev'] / 'train'})")
+        return
+    if args.rescore:
+        saved = json.loads((args.project / "generalise.json").read_text())
+        print_tables({s: {r: Path(p) for r, p in v.items()} for s, v in saved["submissions"].items()})
         return
     os.environ["MASKCLS_NO_PROGRESS"] = "1"
     started = time.perf_counter()
@@ -151,12 +193,7 @@ def main() -> None:
             _, infer_s[recipe, set_name] = maskcls("submit", *options, "--tta", "--bias", "none",
                                                    "--data-dir", str(data), "--out", str(out))
             submissions[set_name][recipe] = out
-    print("\n| set | recipe | mask F1 | gender F1 | age-band F1 | 18-class F1 (present classes) |")
-    print("|---|---|---|---|---|---|")
-    for set_name, data in SETS.items():
-        print("\n".join(score_set(set_name, data / "eval" / "labels.csv", submissions[set_name])))
-    print("\nF1: macro over the classes present in the set's labels (ood_ffhq has no `not wear`: mask over 2 "
-          "classes, 18-class over 12); brackets: 95 % interval over 1000 resamples of whole people.")
+    print_tables(submissions)
     for recipe in runs:
         line = f"{recipe}: train {train_s.get(recipe, float('nan')):.0f} s (epochs' seconds)"
         print(line + "".join(f", {s} submit --tta {infer_s[recipe, s]:.0f} s" for s in SETS))
