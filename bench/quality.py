@@ -71,7 +71,7 @@ def finished_run(task: str, run: Path, epochs: int, train_args) -> float:
     return float(pd.read_csv(done)["seconds"].sum())
 
 
-def recipe_hash(task: str, varied: list[str]) -> str:
+def recipe_hash(task: str, varied: list[str] = ()) -> str:
     """Six hex digits of ``configs/<task>.yaml`` and the ``--set`` overrides: an edited recipe trains a new run,
     never reuses the old one."""
     text = (CONFIG_DIR / f"{task}.yaml").read_bytes() + "\n".join(varied).encode()
