@@ -30,7 +30,7 @@ import numpy as np
 import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from quality import budget as recipe_budget, finished_run, maskcls, recipe_hash  # noqa: E402  the same budgets and command runner
+from quality import budget as recipe_budget, crop_all, finished_run, maskcls, recipe_hash  # noqa: E402  the same budgets and command runner
 
 from maskcls.data import load_train, split_images  # noqa: E402
 from maskcls.data.labels import decode  # noqa: E402
@@ -89,7 +89,7 @@ def main() -> None:
     print(f"rows {args.rows}; budget {json.dumps(budget)}; sigma {args.sigma}; years bounds {args.years_age_bounds}; "
           f"{main_images} main training images; {os.cpu_count()} cores", flush=True)
     if args.crop == "mtcnn":
-        maskcls("crop", str(args.data), *(["--extra", str(args.extra)] if any(c for _, c in rows) else []))
+        crop_all(args.data, *(["--extra", str(args.extra)] if any(c for _, c in rows) else []))
 
     seconds: dict[Path, float] = {}
 

@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from quality import DEFAULT_DATA, maskcls  # bench/quality.py: the same command runner
+from quality import DEFAULT_DATA, crop_all, maskcls  # bench/quality.py: the same command runner
 
 # Per-model budget on a 2-core CPU with cached crops: ~65 train images/s at 96 px, 4480 train images a fold
 # (4/5 of 5600), 2 epochs -> ~140 s a fold, 5 folds x 2 tasks ~25 min plus out-of-fold prediction; the
@@ -86,17 +86,22 @@ def plant_errors(data: Path, out: Path, seed: int) -> dict:
 
 
 def reuse_crops(data: Path, copy: Path, renamed: dict) -> int:
-    """Give the copy's crop cache the source's cached face boxes (keyed by content hash, so a box stays valid
-    under its new name); returns how many entries were carried over."""
-    from maskcls.data.crop import MANIFEST_COLUMNS, read_manifest, resolve_cache_dir
+    """Give the copy's crop cache the source's cached face boxes of every detector (keyed by content hash, so a
+    box stays valid under its new name); returns how many entries were carried over."""
+    from maskcls.data.crop import MANIFEST_COLUMNS, detections_dir, read_manifest, resolve_cache_dir
+    from maskcls.data.faces import DETECTORS, CropSettings
     from maskcls.io import atomic_write_csv
 
-    source_cache = resolve_cache_dir(data)
-    entries = read_manifest(source_cache)
-    rows = [{**entry, "path": renamed[key]} for key, entry in entries.items() if key in renamed]
-    if rows:
-        atomic_write_csv(resolve_cache_dir(copy) / "manifest.csv", pd.DataFrame(rows, columns=MANIFEST_COLUMNS))
-    return len(rows)
+    carried = 0
+    for detector in DETECTORS:
+        settings = CropSettings.for_detector(detector)
+        entries = read_manifest(detections_dir(resolve_cache_dir(data), settings))
+        rows = [{**entry, "path": renamed[key]} for key, entry in entries.items() if key in renamed]
+        if rows:
+            atomic_write_csv(detections_dir(resolve_cache_dir(copy), settings) / "manifest.csv",
+                             pd.DataFrame(rows, columns=MANIFEST_COLUMNS))
+        carried += len(rows)
+    return carried
 
 
 def audit_scores(audit_csv: Path, planted: dict) -> list[str]:
@@ -155,7 +160,7 @@ def main() -> None:
             print(f"crop cache: {reuse_crops(args.data, copy, planted['renamed'])} cached crops reused", flush=True)
         planted_file.write_text(json.dumps(planted))
     if args.crop == "mtcnn":
-        maskcls("crop", str(copy))  # fills what the source's cache lacked
+        crop_all(copy)  # fills what the source's caches lacked
     common = [f"data_dir={copy}", f"project={project}", f"backbone={args.backbone}", f"pretrained={args.pretrained}",
               f"crop={args.crop}", f"img_size={budget['img_size']}", f"epochs={budget['epochs']}",
               f"batch_size={budget['batch_size']}", f"lr={budget['lr']}", "device=cpu", "warmup_epochs=0.3"]

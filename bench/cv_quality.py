@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from quality import DEFAULT_DATA, budget as recipe_budget, maskcls, recipe_hash  # bench/quality.py
+from quality import DEFAULT_DATA, budget as recipe_budget, crop_all, maskcls, recipe_hash  # bench/quality.py
 
 TASKS = ("mask", "age", "gender")  # combine's order
 
@@ -54,7 +54,7 @@ def main() -> None:
     print(f"budget per model: {json.dumps(budget)}; {folds} folds; {args.backbone} ({args.pretrained}), crop "
           f"{args.crop}, seed {args.seed}, {os.cpu_count()} cores", flush=True)
     if args.crop == "mtcnn":
-        maskcls("crop", str(args.data))
+        crop_all(args.data)
     cvs, seconds = {}, {}
     for task in TASKS:
         size, epochs = budget["img_size"][task], budget["epochs"][task]

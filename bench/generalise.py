@@ -34,7 +34,7 @@ from maskcls.config import CONFIG_DIR, load_config
 from maskcls.data.labels import decode
 from maskcls.evaluate import read_answers
 from maskcls.metrics import bootstrap_macro_f1
-from quality import finished_run, maskcls  # bench/quality.py's runner (bench/ is on the path)
+from quality import crop_all, finished_run, maskcls  # bench/quality.py's runner (bench/ is on the path)
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 SETS = {"dev": SHARED / "faces", "ood": SHARED / "ood_ffhq"}
@@ -183,7 +183,7 @@ def main() -> None:
         given = dict(item.split("=", 1) for item in triple)
         runs[f"runs:{Path(given['mask']).name}"] = {task: Path(given[task]) for task in TASKS}
     for name, path in SETS.items():
-        maskcls("crop", str(path))  # once per set; a second run reuses the cache
+        crop_all(path)  # once per set and detector; a second run reuses the cache
     submissions = {name: {} for name in SETS}
     infer_s = {}
     for recipe, task_runs in runs.items():

@@ -49,6 +49,13 @@ def maskcls(*args: str) -> tuple[str, float]:
     return done.stdout, seconds
 
 
+def crop_all(data: Path, *extra: str) -> float:
+    """``maskcls crop`` of ``data`` with every detector that configs/ name (MTCNN, RetinaFace for the mask), so
+    no run detects on the fly; returns the seconds. ``extra``: more options (``--extra FOLDER``)."""
+    detectors = dict.fromkeys(load_config(task).crop_detector for task in ("mask", "gender", "age"))
+    return sum(maskcls("crop", str(data), "--detector", d, *extra)[1] for d in detectors)
+
+
 def budget(quick: bool = False) -> dict:
     """configs/' per-task image sizes and epochs and their batch size and lr (with --quick's smoke overrides),
     for the scripts that pass them on as overrides (bench/age.py, bench/cv_quality.py)."""
@@ -120,7 +127,7 @@ def main() -> None:
 
     seconds = {}
     if any(config.crop == "mtcnn" for config in configs.values()):
-        _, seconds["crop"] = maskcls("crop", str(args.data))
+        seconds["crop"] = crop_all(args.data)
     runs = {}
 
     def train(task: str) -> None:
