@@ -2,6 +2,7 @@
 
     python bench/audit.py                      # ../shared/data/faces; the budget below (~2.5 h on a 2-core CPU)
     python bench/audit.py --quick              # 64 px, one epoch, 3 folds: a smoke run
+    python bench/audit.py --extra ../shared/data/extra_faces   # the gender judges also learn from 6,000 more faces
     python bench/audit.py --data sample_data/faces --backbone test_efficientnet --pretrained none --crop none --quick
 
 1. Plants known errors into a copy of the dataset under --work (hard links, else symlinks, else copies; the
@@ -20,6 +21,7 @@
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import shutil
@@ -30,7 +32,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from quality import DEFAULT_DATA, crop_all, maskcls  # bench/quality.py: the same command runner
+from quality import DEFAULT_DATA, crop_all, finished_run, maskcls  # bench/quality.py: the same command runner
 
 # Per-model budget on a 2-core CPU with cached crops: ~65 train images/s at 96 px, 4480 train images a fold
 # (4/5 of 5600), 2 epochs -> ~140 s a fold, 5 folds x 2 tasks ~25 min plus out-of-fold prediction; the
@@ -139,6 +141,8 @@ def main() -> None:
     parser.add_argument("--crop", default="mtcnn", choices=["none", "center", "mtcnn"])
     parser.add_argument("--oracle", action="store_true", help="also retrain with the fixes that undo the planting")
     parser.add_argument("--skip-retrain", action="store_true")
+    parser.add_argument("--extra", type=Path, help="an extra_data folder (e.g. ../shared/data/extra_faces) for the "
+                        "gender models: a better judge; extra rows are never validated, so out-of-fold stays so")
     args = parser.parse_args()
     if not (args.data / "train").is_dir():
         print(f"skip: no dataset at {args.data}")
@@ -159,19 +163,23 @@ def main() -> None:
         if args.crop == "mtcnn":
             print(f"crop cache: {reuse_crops(args.data, copy, planted['renamed'])} cached crops reused", flush=True)
         planted_file.write_text(json.dumps(planted))
+    extra = {"gender": [f"extra_data={args.extra.resolve()}"] if args.extra else []}
+    suffix = {"gender": "-extra" if args.extra else ""}
     if args.crop == "mtcnn":
-        crop_all(copy)  # fills what the source's caches lacked
+        crop_all(copy, *(["--extra", str(args.extra)] if args.extra else []))  # fills what the caches lacked
     common = [f"data_dir={copy}", f"project={project}", f"backbone={args.backbone}", f"pretrained={args.pretrained}",
               f"crop={args.crop}", f"img_size={budget['img_size']}", f"epochs={budget['epochs']}",
               f"batch_size={budget['batch_size']}", f"lr={budget['lr']}", "device=cpu", "warmup_epochs=0.3"]
     print(f"budget: {json.dumps(budget)}; {args.backbone} ({args.pretrained}), crop {args.crop}, "
           f"{os.cpu_count()} cores", flush=True)
     seconds = {}
+    cv = {task: project / task / f"cv{suffix.get(task, '')}" for task in ("mask", "gender")}
     for task in ("mask", "gender"):
-        _, seconds[f"cv {task}"] = maskcls("cv", task, *common, f"folds={budget['folds']}", "name=cv", "--tta")
-    audit_dir = work / "audit"
-    _, seconds["audit"] = maskcls("audit", str(copy), "--mask", str(project / "mask" / "cv"), "--gender",
-                                  str(project / "gender" / "cv"), "--out", str(audit_dir))
+        _, seconds[f"cv {task}"] = maskcls("cv", task, *common, *extra.get(task, []), f"folds={budget['folds']}",
+                                           f"name={cv[task].name}", "--tta")
+    audit_dir = work / f"audit{suffix['gender']}"
+    _, seconds["audit"] = maskcls("audit", str(copy), "--mask", str(cv["mask"]), "--gender", str(cv["gender"]),
+                                  "--out", str(audit_dir))
     lines = audit_scores(audit_dir / "audit.csv", planted)
     print("\n".join(lines), flush=True)
 
@@ -182,13 +190,15 @@ def main() -> None:
         if args.oracle:
             fixes["oracle fixes"] = str(oracle_fixes(planted, work / "oracle_fixes.yaml", copy))
         truth = read_answers(args.data / "eval" / "labels.csv")
-        maskcls("train", "age", *common, "val=none", "name=all-age", "label_fixes=none")
+        finished_run("age", project / "age" / "all-age", budget["epochs"], [*common, "val=none", "label_fixes=none"])
         lines += ["", "| training labels | mask F1 | gender F1 | age F1 | 18-class macro F1 |", "|---|---|---|---|---|"]
         for n, (label, fix) in enumerate(fixes.items()):
             runs = {}
             for task in ("mask", "gender"):
-                runs[task] = project / task / f"all-{n}"
-                maskcls("train", task, *common, "val=none", f"name=all-{n}", f"label_fixes={fix}")
+                fixed = hashlib.sha1(Path(fix).read_bytes() if fix != "none" else b"").hexdigest()[:6]
+                runs[task] = project / task / f"all-{n}{suffix.get(task, '')}-{fixed}"  # new fixes: a new run
+                finished_run(task, runs[task], budget["epochs"],
+                             [*common, *extra.get(task, []), "val=none", f"label_fixes={fix}"])
             out = work / f"submission_{n}.csv"
             maskcls("submit", "--mask", str(runs["mask"]), "--gender", str(runs["gender"]), "--age",
                     str(project / "age" / "all-age"), "--tta", "--bias", "none", "--out", str(out))

@@ -111,3 +111,27 @@ def test_audit_cli_needs_a_table_and_names_a_foreign_image(data, oof_files, tmp_
                                       str(tmp_path / "cli")])
     assert result.exit_code == 0, result.output
     assert f"{FLIPPED} gender" in result.stdout.splitlines()[2]
+
+
+def test_swap_is_flagged_from_an_unsure_model_and_a_one_image_mistake_is_not():
+    """The real mask models are unsure between incorrect and not wear: a swapped pair shifts both probabilities
+    without turning both calls. A person with one confident mistake on one of the two images is no swap."""
+    from maskcls.audit import TaskTable, mask_rows
+
+    stems = ["mask1", "mask2", "mask3", "mask4", "mask5", "incorrect_mask", "normal"]
+    labels = [0, 0, 0, 0, 0, 1, 2]
+    worn = [0.98, 0.01, 0.01]
+    probs = {"swapped": [worn] * 5 + [[0.20, 0.42, 0.38], [0.20, 0.45, 0.35]],  # incorrect still called incorrect
+             "mistake": [worn] * 5 + [[0.05, 0.05, 0.90], [0.02, 0.03, 0.95]],  # only the incorrect image is off
+             "clean": [worn] * 5 + [[0.10, 0.80, 0.10], [0.05, 0.05, 0.90]]}
+    images = pd.DataFrame([{"person": person, "label": label, "folder": person, "stem": stem}
+                           for person in probs for stem, label in zip(stems, labels)])
+    p = np.concatenate([np.array(v) for v in probs.values()])
+    issue = np.zeros(len(images), bool)
+    issue[[6, 12]] = True  # cleanlab: the swapped person's normal image, the mistaken incorrect image
+    rows = {r["person"]: r for r in mask_rows(TaskTable("mask", images, p, p[np.arange(len(p)), labels * 3], issue))
+            if r["kind"] == "incorrect_normal_swap"}
+    assert rows["swapped"]["flagged"] and rows["swapped"]["score"] > 0
+    assert not rows["mistake"]["flagged"] and rows["mistake"]["score"] < 0
+    assert not rows["clean"]["flagged"]
+    assert rows["swapped"]["score"] > rows["clean"]["score"]
