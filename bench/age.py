@@ -15,7 +15,8 @@ Same training budget per row: extra faces lengthen an epoch, so a row with N ext
 ``round(epochs * main / (main + N))`` epochs (at least 1), ``main`` the main training images of the fold:
 the images seen stay about equal. The table's train seconds say what each row cost. Years rows sum the
 year distribution into the bands of ``--years-age-bounds`` (default the competition's 30,60: a year head
-needs no shifted band edge), band rows keep configs/age.yaml's. Every step is a ``maskcls`` command.
+needs no shifted band edge), band rows ``--band-age-bounds`` (30,59: the band head's recipe until configs/age.yaml
+took the year head). Every step is a ``maskcls`` command.
 """
 from __future__ import annotations
 
@@ -63,6 +64,7 @@ def main() -> None:
     parser.add_argument("--rows", default=DEFAULT_ROWS, help="target:extra faces, comma-separated")
     parser.add_argument("--sigma", type=float, default=2.0, help="age_sigma of the years rows (DLDL's Gaussian)")
     parser.add_argument("--years-age-bounds", default="30,60", help="age_bounds of the years rows")
+    parser.add_argument("--band-age-bounds", default="30,59", help="age_bounds of the band rows (the winners' edge)")
     parser.add_argument("--quick", action="store_true", help="bench/quality.py's quick budget")
     parser.add_argument("--project", type=Path, default=Path("runs/age_bench"))
     parser.add_argument("--backbone", default="tf_efficientnet_lite0")
@@ -100,10 +102,12 @@ def main() -> None:
         extra = [f"extra_data={args.extra}", f"extra_limit={extra_faces}"] if extra_faces else []
         years = ["age_target=years", f"age_sigma={args.sigma}", f"age_bounds={args.years_age_bounds}"] \
             if target == "years" else []
+        band = ["age_target=band", "age_sigma=0", f"age_bounds={args.band_age_bounds}"] \
+            if target == "band" and task == "age" else []  # configs/age.yaml ships the year head
         name = (f"{task}-{target}-x{extra_faces}-{size}px-e{epochs}-s{args.seed}"
                 f"{f'-sd{args.sigma:g}' if years else ''}-{recipe_hash(task)}")
         run = project / task / name
-        seconds[run] = finished_run(task, run, epochs, [*common, *extra, *years, f"img_size={size}", f"epochs={epochs}"])
+        seconds[run] = finished_run(task, run, epochs, [*common, *extra, *years, *band, f"img_size={size}", f"epochs={epochs}"])
         return run
 
     truth_table = pd.read_csv(labels_csv, dtype={"person": str})

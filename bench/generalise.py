@@ -181,7 +181,7 @@ def main() -> None:
         train_s[name] = sum(seconds for _, seconds in trained.values())
     for triple in args.runs:
         given = dict(item.split("=", 1) for item in triple)
-        runs[f"runs:{Path(given['mask']).name}"] = {task: Path(given[task]) for task in TASKS}
+        runs["runs:" + "+".join(Path(given[task]).name for task in TASKS)] = {task: Path(given[task]) for task in TASKS}
     for name, path in SETS.items():
         crop_all(path)  # once per set and detector; a second run reuses the cache
     submissions = {name: {} for name in SETS}

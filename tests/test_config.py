@@ -36,7 +36,9 @@ def test_every_shipped_yaml_loads_and_validates(path):
 def test_gpu_profile_reads_configs_gpu():
     config = load_config("age", profile="gpu")
     assert (config.backbone, config.img_size, config.batch_size, config.amp) == ("tf_efficientnet_b3", 320, 64, True)
-    assert config.age_bounds == load_config("age").age_bounds  # the task's own choices stay
+    cpu = load_config("age")
+    assert (config.age_bounds, config.age_target, config.age_sigma) == (cpu.age_bounds, cpu.age_target,
+                                                                       cpu.age_sigma)  # the task's own choices stay
     assert load_config("age", ["epochs=3"], profile="gpu").epochs == 3
     with pytest.raises(ConfigError, match="profile 'tpu'"):
         load_config("age", profile="tpu")
@@ -49,10 +51,11 @@ def test_shipped_task_configs_load(task):
     assert set(read_yaml(CONFIG_DIR / f"{task}.yaml")) <= set(Config().to_dict())
 
 
-def test_age_config_moves_the_old_band_edge():
-    assert load_config("age").age_bounds == (30, 59)
+def test_age_config_ships_the_year_head_with_the_competition_edges():
+    config = load_config("age")
+    assert (config.age_target, config.age_bounds) == ("years", (30, 60)) and config.age_sigma > 0
     assert load_config("age", ["age_bounds=30,58"]).age_bounds == (30, 58)
-    assert load_config("mask").age_bounds == (30, 60)
+    assert load_config("age", ["age_target=band"]).age_target == "band"
 
 
 def test_overrides_as_a_dict():
