@@ -53,7 +53,8 @@ def test_one_onnx_file_per_specialist_with_a_dynamic_batch_and_its_metadata(expo
         path = project / task / "exp" / "best.onnx"
         assert f"wrote {path}" in output
         model = onnx.load(str(path))
-        (images,), (logits,) = model.graph.input, model.graph.output
+        (images,), (logits, *more) = model.graph.input, model.graph.output
+        assert [o.name for o in more] == (["age_years"] if task == "age" else [])  # configs/age.yaml: a year head
         batch, *image_dims = images.type.tensor_type.shape.dim
         assert batch.dim_param and [d.dim_value for d in image_dims] == [3, 32, 32]  # batch symbolic, rest fixed
         assert logits.type.tensor_type.shape.dim[0].dim_param == batch.dim_param

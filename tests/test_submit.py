@@ -114,7 +114,7 @@ def test_predict_eval_writes_probabilities_in_info_csv_order(runs, sample_datase
     assert result.exit_code == 0, result.output
     path = runs["age"] / "pred_eval_tta.csv"
     table = pd.read_csv(path, dtype={"ImageID": str})
-    assert list(table.columns) == ["ImageID", "p0", "p1", "p2"]
+    assert list(table.columns) == ["ImageID", "p0", "p1", "p2", "age_years"]  # configs/age.yaml: a year head
     assert table["ImageID"].tolist() == read_eval_images(sample_dataset)["ImageID"].tolist()
     assert np.allclose(table[["p0", "p1", "p2"]].sum(axis=1), 1, atol=1e-4)
     note = json.loads(path.with_suffix(".json").read_text())
@@ -135,7 +135,7 @@ def test_predict_val_holds_each_runs_people_with_competition_truth(runs, sample_
         lambda p: str(p).removeprefix(str(sample_dataset) + "/")))
     held_out = images.set_index("path").loc[tables["age"]["path"]]
     assert images["person"].nunique() > held_out["person"].nunique() > 0
-    assert list(tables["age"].columns) == ["path", "p0", "p1", "p2", "target", "label"]
+    assert list(tables["age"].columns) == ["path", "p0", "p1", "p2", "age_years", "target", "label"]
     # the age run trains with bounds (30, 65), but val truth is the competition's (30, 60)
     assert held_out["age"].between(60, 64).any()
     assert tables["age"]["target"].tolist() == age_band(held_out["age"].to_numpy(), DEFAULT_AGE_BOUNDS).tolist()
@@ -221,9 +221,10 @@ def test_one_undecodable_eval_image_fails_by_default_and_falls_back_when_asked(r
     assert f"{broken}: image does not decode" in result.stderr and not out.exists()
 
     batches = []  # the readable images are still predicted together, one dataset per task and run
-    real_predict = submit_module.predict_probs
-    monkeypatch.setattr(submit_module, "predict_probs", lambda model, dataset, *a, **k: batches.append(len(dataset))
-                        or real_predict(model, dataset, *a, **k))
+    for name in ("predict_probs", "predict_probs_and_age"):  # the age run (a year head) reports ages too
+        real = getattr(submit_module, name)
+        monkeypatch.setattr(submit_module, name, lambda model, dataset, *a, real=real, **k:
+                            batches.append(len(dataset)) or real(model, dataset, *a, **k))
     result = run("submit", "--project", project, "--data-dir", dataset_copy, "--out", out, "--on-bad-image", "fallback")
     assert result.exit_code == 0, result.output
     assert batches == [len(ids) - 1] * 3
