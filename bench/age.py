@@ -100,14 +100,13 @@ def main() -> None:
         size, epochs = budget["img_size"][task], budget["epochs"][task]
         epochs = max(1, round(epochs * main_images / (main_images + extra_faces)))  # the same images seen
         extra = [f"extra_data={args.extra}", f"extra_limit={extra_faces}"] if extra_faces else []
-        years = ["age_target=years", f"age_sigma={args.sigma}", f"age_bounds={args.years_age_bounds}"] \
-            if target == "years" else []
-        band = ["age_target=band", "age_sigma=0", f"age_bounds={args.band_age_bounds}"] \
-            if target == "band" and task == "age" else []  # configs/age.yaml ships the year head
+        head = {"years": ["age_target=years", f"age_sigma={args.sigma}", f"age_bounds={args.years_age_bounds}"],
+                "band": ["age_target=band", "age_sigma=0", f"age_bounds={args.band_age_bounds}"]}[target] \
+            if task == "age" else []  # every row says its head: configs/age.yaml ships the year head
         name = (f"{task}-{target}-x{extra_faces}-{size}px-e{epochs}-s{args.seed}"
-                f"{f'-sd{args.sigma:g}' if years else ''}-{recipe_hash(task)}")
+                f"{f'-sd{args.sigma:g}' if target == 'years' else ''}-{recipe_hash(task)}")
         run = project / task / name
-        seconds[run] = finished_run(task, run, epochs, [*common, *extra, *years, *band, f"img_size={size}", f"epochs={epochs}"])
+        seconds[run] = finished_run(task, run, epochs, [*common, *extra, *head, f"img_size={size}", f"epochs={epochs}"])
         return run
 
     truth_table = pd.read_csv(labels_csv, dtype={"person": str})

@@ -163,8 +163,9 @@ def main() -> None:
         if args.crop == "mtcnn":
             print(f"crop cache: {reuse_crops(args.data, copy, planted['renamed'])} cached crops reused", flush=True)
         planted_file.write_text(json.dumps(planted))
-    extra = {"gender": [f"extra_data={args.extra.resolve()}"] if args.extra else []}
-    suffix = {"gender": "-extra" if args.extra else ""}
+    # --extra reaches the gender models only; their runs carry "-extra" in the name
+    extra = {"mask": [], "gender": [f"extra_data={args.extra.resolve()}"] if args.extra else []}
+    suffix = {"mask": "", "gender": "-extra" if args.extra else ""}
     if args.crop == "mtcnn":
         crop_all(copy, *(["--extra", str(args.extra)] if args.extra else []))  # fills what the caches lacked
     common = [f"data_dir={copy}", f"project={project}", f"backbone={args.backbone}", f"pretrained={args.pretrained}",
@@ -173,9 +174,9 @@ def main() -> None:
     print(f"budget: {json.dumps(budget)}; {args.backbone} ({args.pretrained}), crop {args.crop}, "
           f"{os.cpu_count()} cores", flush=True)
     seconds = {}
-    cv = {task: project / task / f"cv{suffix.get(task, '')}" for task in ("mask", "gender")}
+    cv = {task: project / task / f"cv{suffix[task]}" for task in ("mask", "gender")}
     for task in ("mask", "gender"):
-        _, seconds[f"cv {task}"] = maskcls("cv", task, *common, *extra.get(task, []), f"folds={budget['folds']}",
+        _, seconds[f"cv {task}"] = maskcls("cv", task, *common, *extra[task], f"folds={budget['folds']}",
                                            f"name={cv[task].name}", "--tta")
     audit_dir = work / f"audit{suffix['gender']}"
     _, seconds["audit"] = maskcls("audit", str(copy), "--mask", str(cv["mask"]), "--gender", str(cv["gender"]),
@@ -194,11 +195,11 @@ def main() -> None:
         lines += ["", "| training labels | mask F1 | gender F1 | age F1 | 18-class macro F1 |", "|---|---|---|---|---|"]
         for n, (label, fix) in enumerate(fixes.items()):
             runs = {}
+            fixed = hashlib.sha1(Path(fix).read_bytes() if fix != "none" else b"").hexdigest()[:6]
             for task in ("mask", "gender"):
-                fixed = hashlib.sha1(Path(fix).read_bytes() if fix != "none" else b"").hexdigest()[:6]
-                runs[task] = project / task / f"all-{n}{suffix.get(task, '')}-{fixed}"  # new fixes: a new run
+                runs[task] = project / task / f"all-{n}{suffix[task]}-{fixed}"  # new fixes: a new run
                 finished_run(task, runs[task], budget["epochs"],
-                             [*common, *extra.get(task, []), "val=none", f"label_fixes={fix}"])
+                             [*common, *extra[task], "val=none", f"label_fixes={fix}"])
             out = work / f"submission_{n}.csv"
             maskcls("submit", "--mask", str(runs["mask"]), "--gender", str(runs["gender"]), "--age",
                     str(project / "age" / "all-age"), "--tta", "--bias", "none", "--out", str(out))
