@@ -3,6 +3,8 @@
     python bench/audit.py                      # ../shared/data/faces; the budget below (~2.5 h on a 2-core CPU)
     python bench/audit.py --quick              # 64 px, one epoch, 3 folds: a smoke run
     python bench/audit.py --extra ../shared/data/extra_faces   # the gender judges also learn from 6,000 more faces
+    python bench/audit.py --extra ../shared/data/extra_faces --set gender.backbone=tf_efficientnet_lite2 \
+        --set gender.pretrained=auto --set gender.img_size=128   # configs/gender.yaml's backbone as the judge
     python bench/audit.py --data sample_data/faces --backbone test_efficientnet --pretrained none --crop none --quick
 
 1. Plants known errors into a copy of the dataset under --work (hard links, else symlinks, else copies; the
@@ -141,6 +143,9 @@ def main() -> None:
     parser.add_argument("--crop", default="mtcnn", choices=["none", "center", "mtcnn"])
     parser.add_argument("--oracle", action="store_true", help="also retrain with the fixes that undo the planting")
     parser.add_argument("--skip-retrain", action="store_true")
+    parser.add_argument("--set", action="append", default=[], metavar="TASK.KEY=VALUE",
+                        help="an override for one task's folds and retraining, after the budget's (e.g. "
+                        "gender.backbone=tf_efficientnet_lite2): a better judge; repeatable")
     parser.add_argument("--extra", type=Path, help="an extra_data folder (e.g. ../shared/data/extra_faces) for the "
                         "gender models: a better judge; extra rows are never validated, so out-of-fold stays so")
     args = parser.parse_args()
@@ -165,14 +170,23 @@ def main() -> None:
         planted_file.write_text(json.dumps(planted))
     # --extra reaches the gender models only; their runs carry "-extra" in the name
     extra = {"mask": [], "gender": [f"extra_data={args.extra.resolve()}"] if args.extra else []}
-    suffix = {"mask": "", "gender": "-extra" if args.extra else ""}
+    judge = {"mask": [], "gender": []}  # --set: one task's overrides after the budget's
+    for item in args.set:
+        task, _, override = item.partition(".")
+        if task not in judge or "=" not in override:
+            parser.error(f"--set {item}: expected mask.KEY=VALUE or gender.KEY=VALUE")
+        judge[task].append(override)
+    # a run's name carries its overrides' hash, so another judge trains new folds instead of reusing old ones
+    suffix = {task: suffix[task] + (f"-{hashlib.sha1(' '.join(judge[task]).encode()).hexdigest()[:6]}"
+                                    if judge[task] else "") for task in judge}
+    extra = {task: extra[task] + judge[task] for task in judge}
     if args.crop == "mtcnn":
         crop_all(copy, *(["--extra", str(args.extra)] if args.extra else []))  # fills what the caches lacked
     common = [f"data_dir={copy}", f"project={project}", f"backbone={args.backbone}", f"pretrained={args.pretrained}",
               f"crop={args.crop}", f"img_size={budget['img_size']}", f"epochs={budget['epochs']}",
               f"batch_size={budget['batch_size']}", f"lr={budget['lr']}", "device=cpu", "warmup_epochs=0.3"]
     print(f"budget: {json.dumps(budget)}; {args.backbone} ({args.pretrained}), crop {args.crop}, "
-          f"{os.cpu_count()} cores", flush=True)
+          f"{os.cpu_count()} cores; overrides {judge}", flush=True)
     seconds = {}
     cv = {task: project / task / f"cv{suffix[task]}" for task in ("mask", "gender")}
     for task in ("mask", "gender"):

@@ -3,6 +3,7 @@
     python bench/generalise.py                                   # the recipe in configs/, as a user gets it
     python bench/generalise.py --recipe robust augment+=downscale,blur,jpeg   # a candidate: overrides on top
     python bench/generalise.py --runs mask=runs/mask/exp age=runs/age/exp gender=runs/gender/exp  # score runs
+    python bench/generalise.py --runs ... --tuned-bias            # also each recipe with `combine --tune`'s bias
     python bench/generalise.py --rescore                         # the last invocation's submissions, scored again
 
 For each recipe it trains the three specialists with `maskcls train` (configs/<task>.yaml plus the recipe's
@@ -71,6 +72,17 @@ def train(task: str, overrides: list[str], project: Path, data: Path, seed: int)
     name = recipe_name(task, items)
     run = project / task / name
     return run, finished_run(task, run, load_config(task, items).epochs, [*items, f"project={project}"])
+
+
+def tuned_bias(task_runs: dict[str, Path], data: Path, out_dir: Path) -> Path:
+    """``combine --tune`` on the runs' validation people (predicted with TTA): the bias YAML it stores."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    preds = [out_dir / f"val_{task}.csv" for task in TASKS]  # combine takes mask, age, gender in this order
+    for task, pred in zip(TASKS, preds):
+        maskcls("predict", task, str(task_runs[task]), str(data), "--split", "val", "--tta", "--out", str(pred))
+    bias = out_dir / "bias.yaml"
+    maskcls("combine", *map(str, preds), "--tune", "--bias-out", str(bias), "--out", str(out_dir / "val_combined.csv"))
+    return bias
 
 
 def present_f1_draws(truth: np.ndarray, preds: dict, people, num_classes: int) -> dict[str, np.ndarray]:
@@ -158,6 +170,8 @@ def main() -> None:
     parser.add_argument("--no-baseline", action="store_true", help="skip the configs/ recipe itself")
     parser.add_argument("--rescore", action="store_true",
                         help="score the submissions of the last invocation (its generalise.json) again; no training")
+    parser.add_argument("--tuned-bias", action="store_true",
+                        help="also score each recipe with the bias `combine --tune` fits on its runs' validation people")
     parser.add_argument("--project", type=Path, default=Path("runs/generalise"))
     parser.add_argument("--seed", type=int, default=42)
     args = parser.parse_args()
@@ -187,14 +201,19 @@ def main() -> None:
     submissions = {name: {} for name in SETS}
     infer_s = {}
     for recipe, task_runs in runs.items():
+        slug = recipe.replace(":", "_")
+        biases = {recipe: "none"}
+        if args.tuned_bias:  # tuned once, on the dev set's validation people; applied to both sets
+            biases[f"{recipe} + bias"] = str(tuned_bias(task_runs, SETS["dev"], args.project / f"bias_{slug}"))
         for set_name, data in SETS.items():
-            out = args.project / f"submission_{set_name}_{recipe.replace(':', '_')}.csv"
             options = [opt for task in TASKS for opt in (f"--{task}", str(task_runs[task]))]
-            _, infer_s[recipe, set_name] = maskcls("submit", *options, "--tta", "--bias", "none",
-                                                   "--data-dir", str(data), "--out", str(out))
-            submissions[set_name][recipe] = out
+            for row, bias in biases.items():
+                out = args.project / f"submission_{set_name}_{slug}{'_bias' if bias != 'none' else ''}.csv"
+                _, infer_s[row, set_name] = maskcls("submit", *options, "--tta", "--bias", bias,
+                                                    "--data-dir", str(data), "--out", str(out))
+                submissions[set_name][row] = out
     print_tables(submissions)
-    for recipe in runs:
+    for recipe in submissions["dev"]:
         line = f"{recipe}: train {train_s.get(recipe, float('nan')):.0f} s (epochs' seconds)"
         print(line + "".join(f", {s} submit --tta {infer_s[recipe, s]:.0f} s" for s in SETS))
     print(f"wall time {time.perf_counter() - started:.0f} s")
