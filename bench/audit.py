@@ -177,8 +177,9 @@ def main() -> None:
             parser.error(f"--set {item}: expected mask.KEY=VALUE or gender.KEY=VALUE")
         judge[task].append(override)
     # a run's name carries its overrides' hash, so another judge trains new folds instead of reusing old ones
-    suffix = {task: suffix[task] + (f"-{hashlib.sha1(' '.join(judge[task]).encode()).hexdigest()[:6]}"
-                                    if judge[task] else "") for task in judge}
+    judged = {task: f"-{hashlib.sha1(' '.join(judge[task]).encode()).hexdigest()[:6]}" if judge[task] else ""
+              for task in judge}
+    suffix = {"mask": judged["mask"], "gender": ("-extra" if args.extra else "") + judged["gender"]}
     extra = {task: extra[task] + judge[task] for task in judge}
     if args.crop == "mtcnn":
         crop_all(copy, *(["--extra", str(args.extra)] if args.extra else []))  # fills what the caches lacked
