@@ -74,6 +74,11 @@ def train(task: str, overrides: list[str], project: Path, data: Path, seed: int)
     return run, finished_run(task, run, load_config(task, items).epochs, [*items, f"project={project}"])
 
 
+def epochs_seconds(run: Path) -> float:
+    """The seconds of a finished run's epochs (its results.csv), also for runs trained outside this script."""
+    return float(pd.read_csv(run / "results.csv")["seconds"].sum())
+
+
 def tuned_bias(task_runs: dict[str, Path], data: Path, out_dir: Path) -> Path:
     """``combine --tune`` on the runs' validation people (predicted with TTA): the bias YAML it stores."""
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -195,7 +200,9 @@ def main() -> None:
         train_s[name] = sum(seconds for _, seconds in trained.values())
     for triple in args.runs:
         given = dict(item.split("=", 1) for item in triple)
-        runs["runs:" + "+".join(Path(given[task]).name for task in TASKS)] = {task: Path(given[task]) for task in TASKS}
+        name = "runs:" + "+".join(Path(given[task]).name for task in TASKS)
+        runs[name] = {task: Path(given[task]) for task in TASKS}
+        train_s[name] = sum(epochs_seconds(run) for run in runs[name].values())
     for name, path in SETS.items():
         crop_all(path)  # once per set and detector; a second run reuses the cache
     submissions = {name: {} for name in SETS}
@@ -205,6 +212,7 @@ def main() -> None:
         biases = {recipe: "none"}
         if args.tuned_bias:  # tuned once, on the dev set's validation people; applied to both sets
             biases[f"{recipe} + bias"] = str(tuned_bias(task_runs, SETS["dev"], args.project / f"bias_{slug}"))
+            train_s[f"{recipe} + bias"] = train_s[recipe]
         for set_name, data in SETS.items():
             options = [opt for task in TASKS for opt in (f"--{task}", str(task_runs[task]))]
             for row, bias in biases.items():
