@@ -75,8 +75,11 @@ def train(task: str, overrides: list[str], project: Path, data: Path, seed: int)
 
 
 def epochs_seconds(run: Path) -> float:
-    """The seconds of a finished run's epochs (its results.csv), also for runs trained outside this script."""
-    return float(pd.read_csv(run / "results.csv")["seconds"].sum())
+    """The seconds of a finished run's epochs (its results.csv), also for runs trained outside this script; of
+    all its folds' for a CV folder."""
+    from maskcls.runs import expand_runs
+
+    return sum(float(pd.read_csv(Path(r) / "results.csv")["seconds"].sum()) for r in expand_runs([run]))
 
 
 def tuned_bias(task_runs: dict[str, Path], data: Path, out_dir: Path) -> Path:
