@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from quality import DEFAULT_DATA, budget as recipe_budget, crop_all, maskcls, recipe_hash  # bench/quality.py
+from quality import DEFAULT_DATA, budget as recipe_budget, crop_all, epochs_seconds, maskcls, recipe_hash  # bench/quality.py
 
 TASKS = ("mask", "age", "gender")  # combine's order
 
@@ -61,8 +61,7 @@ def main() -> None:
         name = f"cv{folds}-{size}px-e{epochs}-s{args.seed}-{recipe_hash(task)}"
         cvs[task] = project / task / name
         maskcls("cv", task, *common, f"img_size={size}", f"epochs={epochs}", f"name={name}", "--tta")
-        seconds[task] = [float(pd.read_csv(cvs[task] / f"fold{k}" / "results.csv")["seconds"].sum())
-                         for k in range(folds)]
+        seconds[task] = [epochs_seconds(cvs[task] / f"fold{k}") for k in range(folds)]
 
     # biases: on the out-of-fold tables, and on fold 0's own validation predictions
     bias = {"oof": project / "bias_oof.yaml", "fold 0 val": project / "bias_fold0.yaml"}

@@ -35,7 +35,7 @@ from maskcls.config import CONFIG_DIR, load_config
 from maskcls.data.labels import decode
 from maskcls.evaluate import read_answers
 from maskcls.metrics import bootstrap_macro_f1
-from quality import crop_all, finished_run, maskcls  # bench/quality.py's runner (bench/ is on the path)
+from quality import crop_all, epochs_seconds, finished_run, maskcls  # bench/quality.py's runner (bench/ is on the path)
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 SETS = {"dev": SHARED / "faces", "ood": SHARED / "ood_ffhq"}
@@ -72,14 +72,6 @@ def train(task: str, overrides: list[str], project: Path, data: Path, seed: int)
     name = recipe_name(task, items)
     run = project / task / name
     return run, finished_run(task, run, load_config(task, items).epochs, [*items, f"project={project}"])
-
-
-def epochs_seconds(run: Path) -> float:
-    """The seconds of a finished run's epochs (its results.csv), also for runs trained outside this script; of
-    all its folds' for a CV folder."""
-    from maskcls.runs import expand_runs
-
-    return sum(float(pd.read_csv(Path(r) / "results.csv")["seconds"].sum()) for r in expand_runs([run]))
 
 
 def tuned_bias(task_runs: dict[str, Path], data: Path, out_dir: Path) -> Path:

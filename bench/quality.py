@@ -75,7 +75,14 @@ def finished_run(task: str, run: Path, epochs: int, train_args) -> float:
         maskcls("train", task, "--resume", str(run))
     else:
         maskcls("train", task, *train_args, f"name={run.name}")
-    return float(pd.read_csv(done)["seconds"].sum())
+    return epochs_seconds(run)
+
+
+def epochs_seconds(run: Path) -> float:
+    """The seconds of a finished run's epochs (its results.csv); of all its folds' for a CV folder."""
+    from maskcls.runs import expand_runs
+
+    return sum(float(pd.read_csv(Path(r) / "results.csv")["seconds"].sum()) for r in expand_runs([run]))
 
 
 def recipe_hash(task: str, varied: list[str] = ()) -> str:
