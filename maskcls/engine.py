@@ -29,6 +29,7 @@ from .models import build_model, model_mean_std, resolve_pretrained
 from .progress import progress
 from .tasks import get_task
 from .transforms import build_mixup
+from .years import head_outputs
 
 
 def pick_device(name: str = "auto") -> torch.device:
@@ -317,7 +318,7 @@ def fit(config: Config, resume: Path | None = None) -> Path:
     data = build_datasets(config, mean, std)
     model = engine.setup_model(model)
     loss_fn = build_loss(config, task.num_classes, data.class_counts).to(engine.device)
-    mix = build_mixup(config, task.num_classes)
+    mix = build_mixup(config, head_outputs(config, task.num_classes))  # the targets' width: years for a year head
     optimizer = build_optimizer(config, model)
     train_loader = engine.loader(data.train, config.batch_size, train=True, seed=config.seed,
                                  sample_weights=data.sample_weights)

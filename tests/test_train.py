@@ -272,6 +272,17 @@ def test_tiny_run_trains_with_mixup_and_cutmix(tiny_data, tmp_path, monkeypatch)
     assert not seen[-1].is_floating_point()  # validation scores hard labels
 
 
+def test_year_head_trains_with_mixup_on_its_year_targets(tiny_data, tmp_path, monkeypatch):
+    seen, real = [], engine_module.build_loss
+    monkeypatch.setattr(engine_module, "build_loss", lambda *a, **k: _Spy(real(*a, **k), seen))
+    run_dir = fit(tiny_config("age", tiny_data, tmp_path, "age_target=years", "mixup=1.0", "epochs=1"))
+    assert np.isfinite(pd.read_csv(run_dir / "results.csv")["train_loss"]).all()
+    train_targets = [t for t in seen if t.is_floating_point() and t.shape[1] == 101]  # one column per year
+    assert train_targets and all(torch.allclose(t.sum(1), torch.ones(len(t))) for t in train_targets)
+    # one age's Gaussian of sigma 2 peaks at 0.199; a mixture of two ages apart peaks lower
+    assert any((t.max(1).values < 0.195).any() for t in train_targets), "no batch mixed two ages"
+
+
 def test_pretrained_auto_takes_the_lite_package_offline_else_names_the_choices(monkeypatch):
     from maskcls import models
 
