@@ -5,6 +5,7 @@
     python bench/generalise.py --runs mask=runs/mask/exp age=runs/age/exp gender=runs/gender/exp  # score runs
     python bench/generalise.py --runs ... --tuned-bias            # also each recipe with `combine --tune`'s bias
     python bench/generalise.py --rescore                         # the last invocation's submissions, scored again
+    python bench/generalise.py --project runs/a --rescore runs/b  # two invocations' submissions, paired against a's first
 
 For each recipe it trains the three specialists with `maskcls train` (configs/<task>.yaml plus the recipe's
 overrides; a run is reused when its name, which carries a hash of the YAML and overrides, already holds a
@@ -168,8 +169,9 @@ def main() -> None:
     parser.add_argument("--runs", nargs=3, action="append", metavar="task=RUN", default=[],
                         help="score finished runs instead of training (repeatable; named by the mask run)")
     parser.add_argument("--no-baseline", action="store_true", help="skip the configs/ recipe itself")
-    parser.add_argument("--rescore", action="store_true",
-                        help="score the submissions of the last invocation (its generalise.json) again; no training")
+    parser.add_argument("--rescore", nargs="*", type=Path, default=None, metavar="PROJECT",
+                        help="score the submissions of the last invocation (its generalise.json) again, with those of "
+                             "other invocations' project folders after them, paired; no training")
     parser.add_argument("--tuned-bias", action="store_true",
                         help="also score each recipe with the bias `combine --tune` fits on its runs' validation people")
     parser.add_argument("--project", type=Path, default=Path("runs/generalise"))
@@ -179,9 +181,13 @@ def main() -> None:
     if missing or not (SETS["dev"] / "train").is_dir():
         print(f"skip: dataset absent ({'; '.join(missing) or SETS['dev'] / 'train'})")
         return
-    if args.rescore:
-        saved = json.loads((args.project / "generalise.json").read_text())
-        print_tables({s: {r: Path(p) for r, p in v.items()} for s, v in saved["submissions"].items()})
+    if args.rescore is not None:
+        submissions = {name: {} for name in SETS}
+        for project in [args.project, *args.rescore]:
+            saved = json.loads((project / "generalise.json").read_text())
+            for set_name, rows in saved["submissions"].items():
+                submissions[set_name].update({row: Path(path) for row, path in rows.items()})
+        print_tables(submissions)
         return
     os.environ["MASKCLS_NO_PROGRESS"] = "1"
     started = time.perf_counter()
