@@ -107,7 +107,8 @@ def test_two_copies_of_a_real_face_give_two_rows_with_boxes_on_their_halves(proj
     assert rows.loc[0, ["mask", "gender", "age"]].tolist() == rows.loc[1, ["mask", "gender", "age"]].tolist()
     note = json.loads(out.with_suffix(".json").read_text())
     assert note["faces"] == 2 and note["no_face"] == [] and note["unreadable"] == []
-    assert note["views"]["mask"] == ["orig", "flip"] and note["engine"] == "torch"
+    # --tta: the original, the flip and the views configs/mask.yaml names
+    assert note["views"]["mask"] == ["orig", "flip", *load_config("mask").tta] and note["engine"] == "torch"
 
     annotated = Image.open(drawn / "pair.png").convert("RGB")
     original = Image.open(pair).convert("RGB")

@@ -118,7 +118,8 @@ def test_predict_eval_writes_probabilities_in_info_csv_order(runs, sample_datase
     assert table["ImageID"].tolist() == read_eval_images(sample_dataset)["ImageID"].tolist()
     assert np.allclose(table[["p0", "p1", "p2"]].sum(axis=1), 1, atol=1e-4)
     note = json.loads(path.with_suffix(".json").read_text())
-    assert note["task"] == "age" and note["views"] == ["orig", "flip"] and note["split"] == "eval"
+    views = ["orig", "flip", *load_config("age").tta]  # --tta: the original, the flip and configs/age.yaml's views
+    assert note["task"] == "age" and note["views"] == views and note["split"] == "eval"
 
 
 def test_predict_val_holds_each_runs_people_with_competition_truth(runs, sample_dataset, tmp_path):
@@ -182,7 +183,8 @@ def test_submit_never_reads_eval_labels_and_follows_info_csv(runs, dataset_copy,
     submission = pd.read_csv(tmp_path / "submission.csv", dtype={"ImageID": str})
     assert submission["ImageID"].tolist() == read_eval_images(dataset_copy)["ImageID"].tolist()
     assert submission["ans"].between(0, 17).all()
-    assert "bias: none" in result.stdout and "views orig+flip" in result.stdout
+    views = "+".join(["orig", "flip", *load_config("mask").tta])
+    assert "bias: none" in result.stdout and f"views {views})" in result.stdout
     for task in ("mask", "age", "gender"):
         assert (project / task / "exp" / "pred_eval_tta.csv").is_file()
     # the same probabilities through `combine` give the same answers
