@@ -3,6 +3,7 @@
     python bench/generalise.py                                   # the recipe in configs/, as a user gets it
     python bench/generalise.py --recipe robust augment+=downscale,blur,jpeg   # a candidate: overrides on top
     python bench/generalise.py --runs mask=runs/mask/exp age=runs/age/exp gender=runs/gender/exp  # score runs
+    python bench/generalise.py --runs mask=M age=A gender=G1,G2,G3  # a task's runs voted (a seed ensemble)
     python bench/generalise.py --runs ... --tuned-bias            # also each recipe with `combine --tune`'s bias
     python bench/generalise.py --rescore                         # the last invocation's submissions, scored again
     python bench/generalise.py --project runs/a --rescore runs/b  # two invocations' submissions, paired against a's first
@@ -75,12 +76,12 @@ def train(task: str, overrides: list[str], project: Path, data: Path, seed: int)
     return run, finished_run(task, run, load_config(task, items).epochs, [*items, f"project={project}"])
 
 
-def tuned_bias(task_runs: dict[str, Path], data: Path, out_dir: Path) -> Path:
+def tuned_bias(task_runs: dict[str, list[Path]], data: Path, out_dir: Path) -> Path:
     """``combine --tune`` on the runs' validation people (predicted with TTA): the bias YAML it stores."""
     out_dir.mkdir(parents=True, exist_ok=True)
     preds = [out_dir / f"val_{task}.csv" for task in TASKS]  # combine takes mask, age, gender in this order
     for task, pred in zip(TASKS, preds):
-        maskcls("predict", task, str(task_runs[task]), str(data), "--split", "val", "--tta", "--out", str(pred))
+        maskcls("predict", task, *map(str, task_runs[task]), str(data), "--split", "val", "--tta", "--out", str(pred))
     bias = out_dir / "bias.yaml"
     maskcls("combine", *map(str, preds), "--tune", "--bias-out", str(bias), "--out", str(out_dir / "val_combined.csv"))
     return bias
@@ -167,7 +168,7 @@ def main() -> None:
     parser.add_argument("--recipe", nargs="+", action="append", metavar="NAME [key=value ...]", default=[],
                         help="a candidate: a name and overrides on top of configs/ (repeatable)")
     parser.add_argument("--runs", nargs=3, action="append", metavar="task=RUN", default=[],
-                        help="score finished runs instead of training (repeatable; named by the mask run)")
+                        help="score finished runs instead of training (repeatable); task=A,B votes that task's runs")
     parser.add_argument("--no-baseline", action="store_true", help="skip the configs/ recipe itself")
     parser.add_argument("--rescore", nargs="*", type=Path, default=None, metavar="PROJECT",
                         help="score the submissions of the last invocation (its generalise.json) again, with those of "
@@ -197,13 +198,14 @@ def main() -> None:
         name, items = recipe[0], recipe[1:]
         print(f"recipe {name}: {' '.join(items) or '(configs/ as they are)'}", flush=True)
         trained = {task: train(task, task_overrides(task, items), args.project, SETS["dev"], args.seed) for task in TASKS}
-        runs[name] = {task: run for task, (run, _) in trained.items()}
+        runs[name] = {task: [run] for task, (run, _) in trained.items()}
         train_s[name] = sum(seconds for _, seconds in trained.values())
     for triple in args.runs:
         given = dict(item.split("=", 1) for item in triple)
-        name = "runs:" + "+".join(Path(given[task]).name for task in TASKS)
-        runs[name] = {task: Path(given[task]) for task in TASKS}
-        train_s[name] = sum(epochs_seconds(run) for run in runs[name].values())
+        members = {task: [Path(r) for r in given[task].split(",")] for task in TASKS}  # a,b: an ensemble
+        name = "runs:" + "+".join(",".join(r.name for r in members[task]) for task in TASKS)
+        runs[name] = members
+        train_s[name] = sum(epochs_seconds(run) for task_members in members.values() for run in task_members)
     for name, path in SETS.items():
         crop_all(path)  # once per set and detector; a second run reuses the cache
     submissions = {name: {} for name in SETS}
@@ -215,7 +217,7 @@ def main() -> None:
             biases[f"{recipe} + bias"] = str(tuned_bias(task_runs, SETS["dev"], args.project / f"bias_{slug}"))
             train_s[f"{recipe} + bias"] = train_s[recipe]
         for set_name, data in SETS.items():
-            options = [opt for task in TASKS for opt in (f"--{task}", str(task_runs[task]))]
+            options = [opt for task in TASKS for run in task_runs[task] for opt in (f"--{task}", str(run))]
             for row, bias in biases.items():
                 out = args.project / f"submission_{set_name}_{slug}{'_bias' if bias != 'none' else ''}.csv"
                 _, infer_s[row, set_name] = maskcls("submit", *options, "--tta", "--bias", bias,
@@ -227,7 +229,7 @@ def main() -> None:
         print(line + "".join(f", {s} submit --tta {infer_s[recipe, s]:.0f} s" for s in SETS))
     print(f"wall time {time.perf_counter() - started:.0f} s")
     (args.project / "generalise.json").write_text(json.dumps(
-        {"recipes": {r[0]: r[1:] for r in recipes}, "runs": {r: {t: str(p) for t, p in v.items()} for r, v in runs.items()},
+        {"recipes": {r[0]: r[1:] for r in recipes}, "runs": {r: {t: ",".join(map(str, p)) for t, p in v.items()} for r, v in runs.items()},
          "submissions": {s: {r: str(p) for r, p in v.items()} for s, v in submissions.items()}}, indent=1))
 
 

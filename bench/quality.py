@@ -67,9 +67,14 @@ def budget(quick: bool = False) -> dict:
 def finished_run(task: str, run: Path, epochs: int, train_args) -> float:
     """Train ``run`` (``<project>/<task>/<name>``), finish its interrupted training, or reuse it when it holds
     ``epochs`` epochs; returns its epochs' seconds, the same whether it is fresh, resumed or reused (no image
-    preloading, no validation)."""
-    done = run / "results.csv"
-    if done.is_file() and len(pd.read_csv(done)) == epochs:
+    preloading, no validation). An ensemble folder (``ensemble: N``) is reused when every member is done; else the
+    same command finishes it (skipping the finished members)."""
+    from maskcls.runs import is_ensemble_dir, member_dirs
+
+    members = member_dirs(run) if is_ensemble_dir(run) else [run]
+    done = [m / "results.csv" for m in members]
+    if all(d.is_file() and len(pd.read_csv(d)) == epochs for d in done) and \
+            len(members) == load_config(task, train_args).ensemble:
         print(f"  reuse {run}", flush=True)
     elif (run / "last.pt").is_file():
         maskcls("train", task, "--resume", str(run))

@@ -109,20 +109,25 @@ def data_sample(
 def train(
     task: Annotated[TaskName, typer.Argument(help="Which specialist (or the joint 18-class baseline).")],
     overrides: Annotated[Optional[List[str]], typer.Argument(help="key=value config overrides, e.g. lr=3e-4 epochs=4.")] = None,
-    resume: Annotated[Optional[Path], typer.Option(help="Run folder to continue from its last.pt.")] = None,
+    resume: Annotated[Optional[Path], typer.Option(help="Run folder to continue from its last.pt, or an ensemble "
+                                                        "folder to finish its members.")] = None,
     config_file: Annotated[Optional[Path], typer.Option("--config", help="YAML to use instead of configs/<task>.yaml.")] = None,
     profile: Annotated[ProfileName, typer.Option(help="cpu: configs/<task>.yaml, the measured CPU recipe; gpu: "
                                                       "configs/gpu/<task>.yaml (EfficientNet-B3, untested).")] = ProfileName.cpu,
     print_config: Annotated[bool, typer.Option("--print-config", help="Print the resolved config (the run folder's "
                                                                       "config.yaml) and exit; reads no data.")] = False,
 ):
-    """Train one specialist on the shared engine; writes runs/<task>/<name>/."""
+    """Train one specialist on the shared engine; writes runs/<task>/<name>/ (with ensemble: N, its N members in
+    member0..member<N-1>/; the same command, or --resume on the folder, finishes an interrupted one)."""
     from .checkpoint import checkpoint_config, load_checkpoint
-    from .config import config_yaml, load_config, merge, parse_overrides, validate
+    from .config import config_from_dict, config_yaml, load_config, merge, parse_overrides, read_yaml, validate
     from .engine import fit
+    from .ensemble import train_ensemble
 
-    if resume:
-        config = checkpoint_config(load_checkpoint(resume / "last.pt"))
+    one_run = resume is not None and (resume / "last.pt").is_file()  # else an ensemble folder: members inside
+    if resume:  # a run continues from its last.pt, an ensemble folder from its config.yaml
+        config = checkpoint_config(load_checkpoint(resume / "last.pt")) if one_run or not (resume / "config.yaml").is_file() \
+            else config_from_dict(read_yaml(resume / "config.yaml"))
         config = merge(config, parse_overrides(overrides or []), "command line")
         validate(config)
     else:
@@ -130,7 +135,10 @@ def train(
     if print_config:
         typer.echo(config_yaml(config), nl=False)
         return
-    run_dir = fit(config, resume=resume)
+    if config.ensemble > 1 and not one_run:  # a member (--resume <folder>/member1) is one run
+        run_dir = train_ensemble(config, resume)
+    else:
+        run_dir = fit(config, resume=resume)
     if os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 alone reports
         typer.echo(f"run folder: {run_dir}")
 

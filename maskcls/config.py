@@ -75,6 +75,9 @@ class Config:
     folds: int = 5
     # runtime
     seed: int = 42
+    # > 1: `train` trains this many members into <name>/member<k>/ (member k: seed + k, so its own start, data
+    # order and val people); every command that loads the folder votes them (maskcls/ensemble.py)
+    ensemble: int = 1
     preload: bool = True  # decode, crop and resize every image once into memory before training
     workers: int = 0  # loader worker processes (augmentation only when preloaded)
     device: str = "auto"  # auto | cpu | cuda | mps
@@ -230,6 +233,7 @@ LIMITS = {
     "workers": (0, None), "warmup_epochs": (0, None), "weight_decay": (0, None), "momentum": (0, 1),
     "drop_rate": (0, 1), "label_smoothing": (0, 1), "focal_gamma": (0, None), "crop_margin": (0, None),
     "mixup": (0, None), "cutmix": (0, None), "mixup_prob": (0, 1), "age_max": (1, None), "extra_limit": (0, None),
+    "ensemble": (1, None),
 }
 POSITIVE = ("lr", "step_gamma", "crop_fallback", "extra_weight")  # must be more than 0
 FRACTIONS = ("crop_fallback",)  # at most 1

@@ -25,7 +25,8 @@ from .runs import fold_dir
 from .tasks import get_task
 
 DEFAULT_NAME = "cv"  # fixed, not exp/exp2/...: running the command again finds the folds to finish
-RUNTIME_KEYS = ("device", "workers", "preload", "amp", "channels_last")  # may differ when a fold is resumed
+# may differ when a fold is resumed: how it runs, and where its folder lies (a folder may be moved)
+RUNTIME_KEYS = ("device", "workers", "preload", "amp", "channels_last", "project", "name")
 OOF_FILE, SUMMARY_FILE = "oof.csv", "cv.json"
 
 
@@ -58,24 +59,26 @@ def cv_dir_of(config: Config) -> Path:
 
 def fold_config(config: Config, fold: int) -> Config:
     """The config of one fold's run: ``fold=k``, and a name that puts it inside the CV folder."""
-    return dataclasses.replace(config, fold=fold, name=f"{config.name or DEFAULT_NAME}/fold{fold}")
+    # one run per fold, whatever the config's ensemble: the folds are the ensemble
+    return dataclasses.replace(config, fold=fold, name=f"{config.name or DEFAULT_NAME}/fold{fold}", ensemble=1)
 
 
 def fold_status(run_dir: Path, config: Config) -> str:
     """``new`` (no last.pt), ``unfinished`` (fewer epochs than ``config.epochs``) or ``finished``, the test
-    ``train --resume`` applies; a fold trained with other settings is an error naming them."""
+    ``train --resume`` applies; a fold (or ensemble member) trained with other settings is an error naming them."""
     from .checkpoint import load_checkpoint
+    from .config import config_from_dict
 
     last = run_dir / "last.pt"
     if not last.is_file():
         return "new"
     state = load_checkpoint(last)
-    before, now = state["config"], config.to_dict()
+    before, now = config_from_dict(state["config"]).to_dict(), config.to_dict()  # keys added since: defaults
     differ = [k for k in now if k not in RUNTIME_KEYS and _plain(before.get(k)) != _plain(now[k])]
     if differ:
         shown = ", ".join(f"{k}={before.get(k)!r} (now {now[k]!r})" for k in differ[:3])
         raise ConfigError(f"{run_dir}: was trained with {shown}; resume with the same settings, or pass name= "
-                          f"for a new CV folder")
+                          f"for a new folder")
     return "finished" if state["epoch"] + 1 >= config.epochs else "unfinished"
 
 

@@ -12,6 +12,9 @@ import torch
 from maskcls.data.sample import make_sample_dataset
 
 SAMPLE_PEOPLE, SAMPLE_EVAL_PEOPLE = 12, 4
+# a training of seconds: the tests of cv and ensembles train real runs of these settings on ``tiny_faces``
+TINY_TRAIN = ["backbone=test_efficientnet", "pretrained=none", "crop=none", "warmup_epochs=1", "img_size=32",
+              "batch_size=16", "workers=0", "folds=3", "epochs=1"]
 
 
 @pytest.fixture(scope="session")
@@ -19,6 +22,21 @@ def sample_dataset(tmp_path_factory) -> Path:
     """A valid dataset in the competition layout (12 train, 4 eval people). Read-only: copy it to break it."""
     return make_sample_dataset(tmp_path_factory.mktemp("sample") / "faces", people=SAMPLE_PEOPLE,
                                eval_people=SAMPLE_EVAL_PEOPLE)
+
+
+@pytest.fixture(scope="module")
+def tiny_faces(tmp_path_factory) -> Path:
+    """15 train people of small images, one dataset per test module that trains on it."""
+    return make_sample_dataset(tmp_path_factory.mktemp("faces"), people=15, eval_people=2, size=(48, 64))
+
+
+def cli(*args):
+    """``maskcls ARGS`` in process (typer's CliRunner); arguments may be paths."""
+    from typer.testing import CliRunner
+
+    from maskcls.cli import app
+
+    return CliRunner().invoke(app, [str(a) for a in args])
 
 
 @pytest.fixture

@@ -15,10 +15,10 @@ LAYERS = [
     {"data"},  # maskcls/data/: layout, labels, fixes, split, images, faces, crop cache, dataset
     {"tasks", "losses", "years"},  # the task table; the loss registry; the year head (age_target=years)
     {"config"},  # reads the registries below it for its choices
-    {"models", "checkpoint", "run_log", "runs"},  # runs: run folders and CV folders of folds
+    {"models", "checkpoint", "run_log", "runs"},  # runs: run folders, CV folders of folds, ensembles
     {"engine"},
     {"infer", "bias"},  # what commands share: inference; per-class biases
-    {"evaluate", "combine", "submit", "detect", "export", "cv", "audit", "serve"},  # the commands
+    {"evaluate", "combine", "submit", "detect", "export", "cv", "ensemble", "audit", "serve"},  # the commands
     {"cli", "__main__"},
 ]
 COMMANDS = LAYERS[-2]

@@ -7,7 +7,9 @@ from conftest import SAMPLE_PEOPLE, profile_folders, truncate
 from typer.testing import CliRunner
 
 from maskcls.cli import app
+from maskcls.config import load_config
 from maskcls.data import check_dataset
+from maskcls.runs import expand_runs
 
 runner = CliRunner()
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -153,8 +155,10 @@ def test_demo_runs_the_main_job(tmp_path):
     assert f"{tmp_path / 'faces'}: ok" in result.stdout
     assert "60 people, 420 images" in result.stdout
     assert (tmp_path / "faces_classes.png").read_bytes().startswith(PNG_MAGIC)
-    for task in ("mask", "age", "gender"):
-        assert (tmp_path / "runs" / task / "demo" / "best.pt").is_file()
+    for task in ("mask", "age", "gender"):  # the configs' ensembles: every member trained
+        members = expand_runs([tmp_path / "runs" / task / "demo"])
+        assert len(members) == load_config(task).ensemble and all((m / "best.pt").is_file() for m in members)
+    assert f"views orig+flip+{'+'.join(load_config('mask').tta)}" in result.stdout
     submission = pd.read_csv(tmp_path / "submission.csv")
     info = pd.read_csv(tmp_path / "faces" / "eval" / "info.csv")
     assert submission["ImageID"].tolist() == info["ImageID"].tolist()

@@ -24,7 +24,7 @@ from maskcls.submit import predict_runs, write_predictions
 from maskcls.tasks import get_task
 
 TINY = ["backbone=test_efficientnet", "pretrained=none", "crop=none", "img_size=32", "batch_size=16", "workers=0",
-        "folds=3", "epochs=1"]
+        "folds=3", "epochs=1", "ensemble=1"]  # one run: what DDP splits
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
 
 
