@@ -93,6 +93,9 @@ class Config:
     extra_data: tuple[str, ...] = ()  # folders of images/ + labels.csv (file, age, gender, mask); train only
     extra_weight: float = 1.0  # sampling weight of an extra image relative to a main training image
     extra_limit: int = 0  # > 0: a seeded random sample of this many labelled rows per extra folder
+    # > 0: the epochs when extra_data is set (an epoch then covers the extra images too), unless the command
+    # line gives epochs= itself
+    extra_epochs: int = 0
 
     def to_dict(self) -> dict:
         values = {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
@@ -203,11 +206,14 @@ def config_path(task: str, profile: str = "cpu") -> Path:
 def load_config(task: str, overrides: typing.Iterable[str] | dict = (), config_file: Path | None = None,
                 profile: str = "cpu") -> Config:
     """Defaults, then ``configs/<task>.yaml`` (``configs/<profile>/<task>.yaml``, or ``config_file``), then
-    ``key=value`` overrides."""
+    ``key=value`` overrides; with ``extra_data``, ``extra_epochs`` (when set) replaces ``epochs`` unless the
+    overrides name ``epochs``."""
     path = Path(config_file) if config_file else config_path(task, profile)
     config = merge(Config(task=task), read_yaml(path), str(path))
     values = overrides if isinstance(overrides, dict) else parse_overrides(overrides)
     config = merge(config, values, "command line")
+    if config.extra_data and config.extra_epochs and "epochs" not in values:
+        config = dataclasses.replace(config, epochs=config.extra_epochs)
     validate(config)
     return config
 
@@ -233,7 +239,7 @@ LIMITS = {
     "workers": (0, None), "warmup_epochs": (0, None), "weight_decay": (0, None), "momentum": (0, 1),
     "drop_rate": (0, 1), "label_smoothing": (0, 1), "focal_gamma": (0, None), "crop_margin": (0, None),
     "mixup": (0, None), "cutmix": (0, None), "mixup_prob": (0, 1), "age_max": (1, None), "extra_limit": (0, None),
-    "ensemble": (1, None),
+    "ensemble": (1, None), "extra_epochs": (0, None),
 }
 POSITIVE = ("lr", "step_gamma", "crop_fallback", "extra_weight")  # must be more than 0
 FRACTIONS = ("crop_fallback",)  # at most 1

@@ -272,3 +272,24 @@ def test_a_bad_value_is_one_line_from_the_cli_before_any_image_is_read(tmp_path)
         assert result.stderr.startswith("error: ") and len(result.stderr.strip().splitlines()) == 1, result.stderr
         assert result.exception is None or isinstance(result.exception, SystemExit)
     assert not (tmp_path / "mask").exists()
+
+
+def test_extra_epochs_replaces_epochs_with_extra_data_unless_the_command_line_names_epochs(tmp_path):
+    plain = load_config("age", ["extra_epochs=2", "epochs=5"])  # no extra_data: epochs as given
+    assert plain.epochs == 5
+    extra = ["extra_data=extra", "extra_epochs=2"]
+    assert load_config("age", extra).epochs == 2
+    assert load_config("age", [*extra, "epochs=6"]).epochs == 6  # the user's own epochs win
+    assert load_config("age", ["extra_data=extra", "extra_epochs=0"]).epochs == load_config("age").epochs
+    yaml_file = tmp_path / "age.yaml"
+    yaml_file.write_text("task: age\nepochs: 7\nextra_epochs: 3\n")  # a YAML's epochs is the one without extra faces
+    assert load_config("age", ["extra_data=extra"], config_file=yaml_file).epochs == 3
+    assert load_config("age", [], config_file=yaml_file).epochs == 7
+    with pytest.raises(ConfigError, match="extra_epochs=-1: must be at least 0"):
+        load_config("age", ["extra_epochs=-1"])
+
+
+def test_the_shipped_configs_train_fewer_epochs_with_the_extra_faces():
+    for task in ("age", "gender"):
+        assert load_config(task, ["extra_data=x"]).epochs == load_config(task).extra_epochs
+        assert 0 < load_config(task).extra_epochs < load_config(task).epochs
