@@ -14,7 +14,7 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-from .config import Config, save_config
+from .config import Config, ConfigError, save_config
 from .runs import member_dir
 
 
@@ -27,7 +27,6 @@ def member_config(config: Config, member: int, ensemble_dir: Path) -> Config:
 def train_ensemble(config: Config, resume: Path | None = None) -> Path:
     """Train (or finish) every member of ``config.ensemble``; returns the ensemble folder."""
     from .checkpoint import claim_run_dir
-    from .cv import fold_status
     from .engine import Engine, fit
 
     engine = Engine.from_config(config)  # joins torchrun's process group once; each member's fit shares it
@@ -37,11 +36,11 @@ def train_ensemble(config: Config, resume: Path | None = None) -> Path:
         else:  # rank 0 claims the folder (exp, exp2, ... without a name), the others take its word
             claimed = claim_run_dir(Path(config.project), config.task, config.name) if engine.is_main else None
             ensemble_dir = engine.broadcast(claimed)
-        if engine.is_main:
+        members = [(member_config(config, k, ensemble_dir), member_dir(ensemble_dir, k)) for k in range(config.ensemble)]
+        statuses = engine.broadcast(member_statuses(ensemble_dir, members) if engine.is_main else None)
+        if engine.is_main:  # after the checks: a refused command leaves the folder as it was
             save_config(config, ensemble_dir / "config.yaml")  # what `train --resume <folder>` continues
-        for member in range(config.ensemble):
-            run_config, run_dir = member_config(config, member, ensemble_dir), member_dir(ensemble_dir, member)
-            status = engine.broadcast(fold_status(run_dir, run_config) if engine.is_main else None)
+        for member, ((run_config, run_dir), status) in enumerate(zip(members, statuses)):
             if engine.is_main:
                 print(f"{config.task} member {member}/{config.ensemble} (seed {run_config.seed}): {status}"
                       f"{' (skipped)' if status == 'finished' else ''}", flush=True)
@@ -51,3 +50,13 @@ def train_ensemble(config: Config, resume: Path | None = None) -> Path:
     finally:
         engine.close()
     return ensemble_dir
+
+
+def member_statuses(ensemble_dir: Path, members: list[tuple[Config, Path]]) -> list[str]:
+    """Each member's ``new`` / ``unfinished`` / ``finished`` (:func:`maskcls.cv.fold_status`); a member trained
+    with other settings, or a single run already in the folder, is an error."""
+    from .cv import fold_status
+
+    if (ensemble_dir / "last.pt").is_file():
+        raise ConfigError(f"{ensemble_dir}: holds a single run (last.pt), not an ensemble; pass another name=")
+    return [fold_status(run_dir, run_config) for run_config, run_dir in members]

@@ -71,9 +71,21 @@ def test_the_same_command_skips_finished_members_and_redoes_a_missing_one(gender
     assert "member 0/2 (seed 7): finished (skipped)" in out and "member 1/2 (seed 8): new" in out
     assert (again / "gender" / "ens" / "member0" / "best.pt").stat().st_mtime_ns == kept
     assert len(expand_runs([again / "gender" / "ens"])) == 2
+    before = (again / "gender" / "ens" / "config.yaml").read_text()
     with pytest.raises(ConfigError, match="lr="):  # other settings: not a resume of this ensemble
         train_ensemble(load_config("gender", [*TINY_TRAIN, "ensemble=2", "seed=7", f"data_dir={tiny_faces}",
                                               f"project={again}", "name=ens", "lr=1e-2"]))
+    assert (again / "gender" / "ens" / "config.yaml").read_text() == before  # the refused command wrote nothing
+
+
+def test_an_ensemble_never_trains_into_a_single_runs_folder(gender_ensemble, tiny_faces):
+    project, folder = gender_ensemble
+    single = folder / "member0"  # a run folder with last.pt
+    config = load_config("gender", [*TINY_TRAIN, "ensemble=2", f"data_dir={tiny_faces}", f"project={folder.parent.parent}",
+                                    f"name={folder.name}/member0"])
+    with pytest.raises(ConfigError, match="member0: holds a single run"):
+        train_ensemble(config)
+    assert not (single / "member0").exists()
 
 
 def test_resume_on_a_moved_ensemble_folder_finishes_it_there(gender_ensemble, tmp_path):
