@@ -126,8 +126,10 @@ def train(
 
     one_run = resume is not None and (resume / "last.pt").is_file()  # else an ensemble folder: members inside
     if resume:  # a run continues from its last.pt, an ensemble folder from its config.yaml
-        config = checkpoint_config(load_checkpoint(resume / "last.pt")) if one_run or not (resume / "config.yaml").is_file() \
-            else config_from_dict(read_yaml(resume / "config.yaml"))
+        if one_run or not (resume / "config.yaml").is_file():  # neither: load_checkpoint names the missing last.pt
+            config = checkpoint_config(load_checkpoint(resume / "last.pt"))
+        else:
+            config = config_from_dict(read_yaml(resume / "config.yaml"))
         config = merge(config, parse_overrides(overrides or []), "command line")
         validate(config)
     else:

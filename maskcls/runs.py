@@ -35,14 +35,19 @@ def member_dirs(ensemble_dir: str | Path) -> list[Path]:
 
 def is_cv_dir(path: str | Path) -> bool:
     """A folder with ``fold<k>`` run folders and no checkpoint of its own."""
-    path = Path(path)
-    return path.is_dir() and not any(path.glob("*.pt")) and bool(fold_dirs(path))
+    return _group_kind(path) == "fold"
 
 
 def is_ensemble_dir(path: str | Path) -> bool:
     """A folder with ``member<k>`` run folders and no checkpoint of its own."""
-    path = Path(path)
-    return path.is_dir() and not any(path.glob("*.pt")) and bool(member_dirs(path))
+    return _group_kind(path) == "member"
+
+
+# a folder that stands for its numbered runs: its subfolder pattern, the config key that counts them, the fix
+GROUPS = {
+    "fold": (FOLD_NAME, fold_dir, "folds", "finish it with maskcls cv (same settings)"),
+    "member": (MEMBER_NAME, member_dir, "ensemble", "finish it with maskcls train --resume {path}"),
+}
 
 
 def expand_runs(paths: Iterable[str | Path]) -> list[Path]:
@@ -50,13 +55,8 @@ def expand_runs(paths: Iterable[str | Path]) -> list[Path]:
     naming the missing one: an ensemble of the folds or members that happen to be done is not the whole)."""
     out = []
     for path in map(Path, paths):
-        if is_cv_dir(path):
-            out += _complete(path, fold_dirs(path), fold_dir, "fold", "folds", "finish it with maskcls cv (same settings)")
-        elif is_ensemble_dir(path):
-            out += _complete(path, member_dirs(path), member_dir, "member", "ensemble",
-                             f"finish it with maskcls train --resume {path}")
-        else:
-            out.append(path)
+        kind = _group_kind(path)
+        out += _complete(path, kind) if kind else [path]
     return out
 
 
@@ -64,19 +64,25 @@ def run_home(run_dir: str | Path) -> Path:
     """The folder that stands for ``run_dir`` under ``<project>/<task>/``: its CV or ensemble folder for a fold
     or member run, else the run itself (so ``run_home(r).parent.parent`` is the project)."""
     run_dir = Path(run_dir).resolve()
-    if FOLD_NAME.fullmatch(run_dir.name) and is_cv_dir(run_dir.parent):
-        return run_dir.parent
-    if MEMBER_NAME.fullmatch(run_dir.name) and is_ensemble_dir(run_dir.parent):
-        return run_dir.parent
-    return run_dir
+    kind = _group_kind(run_dir.parent)
+    return run_dir.parent if kind and GROUPS[kind][0].fullmatch(run_dir.name) else run_dir
 
 
 def checkpoint_time(path: str | Path, which: str = "best") -> float | None:
     """When the newest ``<which>.pt`` of a run (or of any fold or member of a CV or ensemble folder) was
     written; None without one."""
-    runs = fold_dirs(path) if is_cv_dir(path) else member_dirs(path) if is_ensemble_dir(path) else [Path(path)]
+    kind = _group_kind(path)
+    runs = _numbered_dirs(path, GROUPS[kind][0]) if kind else [Path(path)]
     times = [(d / f"{which}.pt").stat().st_mtime for d in runs if (d / f"{which}.pt").is_file()]
     return max(times) if times else None
+
+
+def _group_kind(path: str | Path) -> str | None:
+    """``fold`` or ``member`` for a folder of such runs without a checkpoint of its own, else None."""
+    path = Path(path)
+    if not path.is_dir() or any(path.glob("*.pt")):
+        return None
+    return next((kind for kind, (pattern, *_) in GROUPS.items() if _numbered_dirs(path, pattern)), None)
 
 
 def _numbered_dirs(folder: str | Path, pattern: re.Pattern) -> list[Path]:
@@ -85,12 +91,15 @@ def _numbered_dirs(folder: str | Path, pattern: re.Pattern) -> list[Path]:
     return [d for _, d in sorted(found)]
 
 
-def _complete(path: Path, found: list[Path], numbered, word: str, count_key: str, fix: str) -> list[Path]:
-    """``found`` when it holds every run the first one's config.yaml counts (``folds`` or ``ensemble``)."""
+def _complete(path: Path, kind: str) -> list[Path]:
+    """The runs of a ``kind`` folder when it holds every one its first run's config.yaml counts (``folds`` or
+    ``ensemble``), else an error naming the first missing one."""
+    pattern, numbered, count_key, fix = GROUPS[kind]
+    found = _numbered_dirs(path, pattern)
     expected = _count(found[0], count_key)
     missing = [k for k in range(expected) if numbered(path, k) not in found]
     if missing:
-        raise DataError(f"{path}: {word} {missing[0]} of {expected} is missing; {fix}")
+        raise DataError(f"{path}: {kind} {missing[0]} of {expected} is missing; {fix.format(path=path)}")
     return [numbered(path, k) for k in range(expected)]
 
 
