@@ -16,6 +16,12 @@ unchanged to each eval set's predictions of the same run or fold ensemble (`mask
 - ``age edges``: the band of the expected age in years (``age_years``: year heads only) under the two
   edges that score best, searched from 24 to 36 and 48 to 64.
 
+And one family fitted on nothing: ``prior A``, ``argmax(log p - A log prior)`` with the bands' share of the
+run's training images (main people x 7 photos plus the extra rows with an age), for A in 0.25 .. 1 (A = 1
+is the balanced decision that equalises recall when the model is calibrated). Per eval set it also prints
+how the expected age follows the true one (year heads): MAE, mean error, slope and correlation, and the
+mean error within age ranges, which tell a shrinking model (slope < 1) from a biased one.
+
 Prints the rules fitted, each rule's age-band F1 on the OOF table (optimistic: fitted there) and, per
 eval set, the age-band F1 of the argmax and of each rule with 95 % intervals over 1000 resamples of the
 people, and each rule's paired difference to the argmax.
@@ -36,11 +42,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from quality import maskcls  # noqa: E402  the command runner
 
 from maskcls.bias import BIAS_GRID, log_scores  # noqa: E402
+from maskcls.data.extra import read_extra  # noqa: E402
+from maskcls.data.labels import age_band  # noqa: E402
 from maskcls.metrics import bootstrap_macro_f1, fast_macro_f1  # noqa: E402
 from maskcls.years import AGE_COLUMN  # noqa: E402
 
 BANDS = 3
 LOW_EDGES, HIGH_EDGES = range(24, 37), range(48, 65)
+PRIOR_POWERS = (0.25, 0.5, 0.75, 1.0)
+AGE_RANGES = [0, 25, 30, 40, 50, 60, 70, 200]
 DEFAULT_SETS = [Path("../shared/data/faces"), Path("../shared/data/ood_ffhq")]
 
 
@@ -68,12 +78,41 @@ def fit_age_edges(ages: np.ndarray, bands: np.ndarray) -> tuple[tuple[int, int],
     return edges, scored[edges]
 
 
-def decisions(table: pd.DataFrame, offsets: np.ndarray, edges: tuple[int, int] | None) -> dict[str, np.ndarray]:
+def training_prior(run: Path) -> np.ndarray:
+    """The bands' share of the run's training images: each main person's 7 photos and each extra row with an age."""
+    config = yaml.safe_load(sorted(run.glob("**/config.yaml"))[0].read_text())
+    bounds = config["age_bounds"]
+    ages = np.repeat(pd.read_csv(Path(config["data_dir"]) / "train" / "train.csv")["age"].to_numpy(), 7)
+    for folder in config.get("extra_data") or ():
+        extra = read_extra(folder)
+        ages = np.concatenate([ages, extra["age"].dropna().to_numpy()])
+    counts = np.bincount(age_band(ages, bounds), minlength=BANDS)
+    return counts / counts.sum()
+
+
+def decisions(table: pd.DataFrame, offsets: np.ndarray, edges: tuple[int, int] | None,
+              prior: np.ndarray) -> dict[str, np.ndarray]:
     """Each rule's band per row of a prediction table."""
-    out = {"argmax": band_probs(table).argmax(1), "band bias": (log_scores(band_probs(table)) + offsets).argmax(1)}
+    scores = log_scores(band_probs(table))
+    out = {"argmax": scores.argmax(1), "band bias": (scores + offsets).argmax(1)}
     if edges is not None:
         out["age edges"] = np.digitize(table[AGE_COLUMN].to_numpy(), list(edges))
+    out.update({f"prior {power:g}": (scores - power * np.log(prior)).argmax(1) for power in PRIOR_POWERS})
     return out
+
+
+def age_fit_lines(table: pd.DataFrame) -> list[str]:
+    """How the expected age follows the true age: overall, then the mean error within age ranges."""
+    true, pred = table["age"].to_numpy(float), table[AGE_COLUMN].to_numpy(float)
+    slope = np.polyfit(true, pred, 1)[0]
+    lines = [f"  expected age: MAE {np.abs(pred - true).mean():.2f}, mean error {np.mean(pred - true):+.2f}, "
+             f"slope {slope:.2f}, correlation {np.corrcoef(true, pred)[0, 1]:.2f} (true sd {true.std():.1f}, "
+             f"predicted sd {pred.std():.1f})"]
+    ranges = pd.cut(true, AGE_RANGES, right=False)
+    errors = pd.Series(pred - true).groupby(ranges, observed=True).agg(["mean", "size"])
+    lines.append("  mean error by true age: " + ", ".join(
+        f"{r.left}-{min(r.right, 100) - 1}: {row['mean']:+.1f} ({int(row['size'])})" for r, row in errors.iterrows()))
+    return lines
 
 
 def predictions(run: Path, data: Path, split: str, out_dir: Path) -> pd.DataFrame:
@@ -112,8 +151,11 @@ def main() -> None:
     edges, edges_f1 = fit_age_edges(oof[AGE_COLUMN].to_numpy(), bands) if AGE_COLUMN in oof else (None, float("nan"))
     print(f"fitted on {fitted_on} ({len(oof)} images): argmax F1 {fast_macro_f1(bands, band_probs(oof).argmax(1), BANDS):.4f}; "
           f"band bias {offsets.tolist()} -> {bias_f1:.4f}; age edges {edges} -> {edges_f1:.4f}", flush=True)
-    summary = {"run": str(args.run), "fitted_on": fitted_on, "band_bias": offsets.tolist(), "age_edges": edges, "oof_f1": {"band bias": bias_f1,
-               "age edges": edges_f1}, "sets": {}}
+    prior = training_prior(args.run)
+    print(f"training images' band shares (prior rules): {np.round(prior, 3).tolist()}", flush=True)
+    summary = {"run": str(args.run), "fitted_on": fitted_on, "band_bias": offsets.tolist(), "age_edges": edges,
+               "training_prior": prior.round(4).tolist(), "oof_f1": {"band bias": bias_f1, "age edges": edges_f1},
+               "sets": {}}
     for data in args.sets:
         labels_csv = data / "eval" / "labels.csv"
         if not labels_csv.is_file():
@@ -122,7 +164,7 @@ def main() -> None:
         labels = pd.read_csv(labels_csv, dtype={"person": str})
         table = predictions(args.run, data, "eval", out_dir).merge(labels, on="ImageID")
         truth = table["age_band"].to_numpy()
-        rules = decisions(table, offsets, edges)
+        rules = decisions(table, offsets, edges, prior)
         draws = bootstrap_macro_f1(truth, rules, table["person"].to_numpy(), BANDS)
         print(f"\n{data} ({len(table)} images, {table['person'].nunique()} people): age-band macro F1, 95 % intervals")
         summary["sets"][str(data)] = {}
@@ -132,6 +174,11 @@ def main() -> None:
                                                   f"({interval(draws[rule] - draws['argmax'], '+')})")
             print(f"  {rule:10s} {f1:.3f} ({interval(draws[rule])}){paired}")
             summary["sets"][str(data)][rule] = round(f1, 4)
+        if AGE_COLUMN in table:
+            print("\n".join(age_fit_lines(table)))
+        calls = {rule: int((pred == BANDS - 1).sum()) for rule, pred in rules.items()}
+        print(f"  images called old (true {int((truth == BANDS - 1).sum())}): "
+              + ", ".join(f"{rule} {n}" for rule, n in calls.items()))
     out = out_dir / "age_decision.json"
     out.write_text(json.dumps(summary, indent=1) + "\n")
     print(f"\nwrote {out}")
