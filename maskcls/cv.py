@@ -63,9 +63,9 @@ def fold_config(config: Config, fold: int) -> Config:
     return dataclasses.replace(config, fold=fold, name=f"{config.name or DEFAULT_NAME}/fold{fold}", ensemble=1)
 
 
-def fold_status(run_dir: Path, config: Config) -> str:
-    """``new`` (no last.pt), ``unfinished`` (fewer epochs than ``config.epochs``) or ``finished``, the test
-    ``train --resume`` applies; a fold (or ensemble member) trained with other settings is an error naming them."""
+def run_status(run_dir: Path, config: Config) -> str:
+    """A fold's or an ensemble member's ``new`` (no last.pt), ``unfinished`` (fewer epochs than ``config.epochs``)
+    or ``finished``, the test ``train --resume`` applies; one trained with other settings is an error naming them."""
     from .checkpoint import load_checkpoint
     from .config import config_from_dict
 
@@ -98,7 +98,7 @@ def run_cv(config: Config, tta: bool = False) -> CVResult:
         statuses = []
         for fold in range(config.folds):
             run_config, run_dir = fold_config(config, fold), fold_dir(cv_dir, fold)
-            status = engine.broadcast(fold_status(run_dir, run_config) if engine.is_main else None)
+            status = engine.broadcast(run_status(run_dir, run_config) if engine.is_main else None)
             if engine.is_main:
                 print(f"{config.task} fold {fold}/{config.folds}: {status}{' (skipped)' if status == 'finished' else ''}",
                       flush=True)

@@ -13,7 +13,7 @@ import pytest
 from conftest import TINY_TRAIN, cli, untrained_run
 from maskcls.checkpoint import save_checkpoint
 from maskcls.config import ConfigError, load_config
-from maskcls.cv import fold_status, run_cv, write_oof
+from maskcls.cv import run_cv, run_status, write_oof
 from maskcls.data import DataError, fold_of_people, load_train
 from maskcls.runs import expand_runs, run_home
 from maskcls.submit import load_run, newest_run, predict_run
@@ -69,11 +69,11 @@ def test_rerunning_skips_finished_folds_and_redoes_a_missing_one(mask_cv, capsys
 def test_a_fold_with_fewer_epochs_than_asked_is_unfinished(tmp_path):
     config = load_config("mask", [*TINY_TRAIN, "epochs=3", "name=cv/fold0"])
     run_dir = tmp_path / "fold0"
-    assert fold_status(run_dir, config) == "new"
+    assert run_status(run_dir, config) == "new"
     save_checkpoint(run_dir / "last.pt", epoch=0, config=config.to_dict())
-    assert fold_status(run_dir, config) == "unfinished"
+    assert run_status(run_dir, config) == "unfinished"
     save_checkpoint(run_dir / "last.pt", epoch=2, config=config.to_dict())
-    assert fold_status(run_dir, config) == "finished"
+    assert run_status(run_dir, config) == "finished"
 
 
 def test_cv_folders_expand_into_their_folds_and_count_as_the_newest_run(mask_cv, tmp_path):
