@@ -17,7 +17,7 @@ unchanged to each eval set's predictions of the same run or fold ensemble (`mask
   edges that score best, searched from 24 to 36 and 48 to 64.
 
 And one family fitted on nothing: ``prior A``, ``argmax(log p - A log prior)`` with the bands' share of the
-run's training images (main people x 7 photos plus the extra rows with an age), for A in 0.25 .. 1 (A = 1
+images the run's config trains on (the main training images plus the extra rows with an age), for A in 0.25 .. 1 (A = 1
 is the balanced decision that equalises recall when the model is calibrated). Per eval set it also prints
 how the expected age follows the true one (year heads): MAE, mean error, slope and correlation, and the
 mean error within age ranges, which tell a shrinking model (slope < 1) from a biased one.
@@ -42,9 +42,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from quality import maskcls  # noqa: E402  the command runner
 
 from maskcls.bias import BIAS_GRID, log_scores  # noqa: E402
-from maskcls.data.extra import read_extra  # noqa: E402
-from maskcls.data.labels import age_band  # noqa: E402
+from maskcls.config import config_from_dict  # noqa: E402
+from maskcls.data import load_train  # noqa: E402
+from maskcls.data.extra import with_extra  # noqa: E402
 from maskcls.metrics import bootstrap_macro_f1, fast_macro_f1  # noqa: E402
+from maskcls.tasks import get_task  # noqa: E402
 from maskcls.years import AGE_COLUMN  # noqa: E402
 
 BANDS = 3
@@ -79,14 +81,12 @@ def fit_age_edges(ages: np.ndarray, bands: np.ndarray) -> tuple[tuple[int, int],
 
 
 def training_prior(run: Path) -> np.ndarray:
-    """The bands' share of the run's training images: each main person's 7 photos and each extra row with an age."""
-    config = yaml.safe_load(sorted(run.glob("**/config.yaml"))[0].read_text())
-    bounds = config["age_bounds"]
-    ages = np.repeat(pd.read_csv(Path(config["data_dir"]) / "train" / "train.csv")["age"].to_numpy(), 7)
-    for folder in config.get("extra_data") or ():
-        extra = read_extra(folder)
-        ages = np.concatenate([ages, extra["age"].dropna().to_numpy()])
-    counts = np.bincount(age_band(ages, bounds), minlength=BANDS)
+    """The bands' share of the images the run's config trains on, read as the engine reads them (label fixes,
+    the extra rows with an age, ``extra_limit``); every main person counts, the validation people too."""
+    config = config_from_dict(yaml.safe_load(sorted(run.glob("**/config.yaml"))[0].read_text()))
+    main = load_train(config.data_dir, config.age_bounds, config.label_fixes)
+    images = with_extra(main, config, get_task("age").labels)
+    counts = np.bincount(images["age_band"].to_numpy(), minlength=BANDS)
     return counts / counts.sum()
 
 
