@@ -40,7 +40,8 @@ def test_config_hash_follows_the_values_not_the_yaml_text(tmp_path):
     assert common.config_hash("mask", config_file=tmp_path / "mask.yaml") == common.config_hash("mask")
     assert common.config_hash("mask", ["project=elsewhere", "name=other"]) == common.config_hash("mask")
     assert common.config_hash("mask", ["lr=1e-3"]) != common.config_hash("mask")
-    (tmp_path / "base.yaml").write_text((tmp_path / "base.yaml").read_text().replace("batch_size: 32", "batch_size: 16"))
+    base = tmp_path / "base.yaml"
+    base.write_text(base.read_text().replace("batch_size: 32", "batch_size: 16"))
     assert common.config_hash("mask", config_file=tmp_path / "mask.yaml") != common.config_hash("mask")
 
 
