@@ -1,7 +1,8 @@
 """One frozen dataclass of defaults; a task YAML holds only what differs; ``key=value`` overrides on top.
 
-Precedence: defaults < ``configs/<task>.yaml`` < command-line overrides. Unknown keys are errors with
-the closest valid key suggested.
+Precedence: defaults < ``configs/<task>.yaml`` < command-line overrides. A YAML may start from another
+(``extends: base.yaml``): the keys the specialists share live once. Unknown keys are errors with the closest
+valid key suggested.
 """
 from __future__ import annotations
 
@@ -87,7 +88,7 @@ class Config:
     name: str = ""  # "" -> exp, exp2, exp3, ...
     # inference
     tta: tuple[str, ...] = ("flip",)  # views averaged by `submit --tta`: flip, scale<percent> (e.g. scale90)
-    # age target and extra faces (issue 16; maskcls/years.py, maskcls/data/extra.py)
+    # age target and extra faces (maskcls/years.py, maskcls/data/extra.py)
     age_target: str = "band"  # band | years: one output per year 0..age_max, summed into bands (age, joint)
     age_max: int = 100  # years target: the head's last year; older ages count as this one
     extra_data: tuple[str, ...] = ()  # folders of images/ + labels.csv (file, age, gender, mask); train only
@@ -181,7 +182,24 @@ def parse_overrides(items: typing.Iterable[str]) -> dict[str, str]:
     return out
 
 
-def read_yaml(path: Path) -> dict:
+def read_yaml(path: Path, _seen: tuple[Path, ...] = ()) -> dict:
+    """The mapping in ``path``; with a top-level ``extends: OTHER.yaml`` (relative to ``path``'s folder), OTHER's
+    mapping with this file's keys on top, ``extends`` itself dropped."""
+    values = _read_mapping(path)
+    base = values.pop("extends", None)
+    if base is None:
+        return values
+    if not isinstance(base, str) or not base:
+        raise ConfigError(f"{path}: extends={base!r} is not a file name")
+    base_path = (path.parent / base).resolve()
+    if base_path in _seen or base_path == path.resolve():
+        raise ConfigError(f"{path}: extends {base_path}, which extends it back (a loop)")
+    if not base_path.is_file():
+        raise ConfigError(f"{path}: extends {base_path}, which does not exist")
+    return {**read_yaml(base_path, (*_seen, path.resolve())), **values}
+
+
+def _read_mapping(path: Path) -> dict:
     if not path.is_file():
         raise ConfigError(f"{path}: config file does not exist")
     try:
