@@ -20,7 +20,7 @@ from .data.fixes import load_fixes
 from .data.labels import DEFAULT_AGE_BOUNDS, check_age_bounds
 from .errors import ConfigError
 from .losses import LOSSES
-from .tasks import TASKS
+from .tasks import SPECIALISTS, TASKS
 from .transforms import augment_entry, augment_value, check_augment, tta_view_zoom
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
@@ -44,7 +44,7 @@ class Config:
     # model
     backbone: str = "tf_efficientnet_lite0"  # any timm model name
     # auto: the offline efficientnet-liteN package for tf_efficientnet_liteN, else timm's download when online
-    pretrained: str = "auto"  # auto | none | timm | efficientnet-lite0/1/2 | path to a state dict
+    pretrained: str = "auto"  # auto | none | timm | maskcls (the bundled specialist) | efficientnet-lite0/1/2 | path
     img_size: int = 224
     drop_rate: float = 0.2
     freeze_backbone: bool = False
@@ -286,6 +286,9 @@ def validate(config: Config) -> None:
         raise ConfigError(f"folds={config.folds}: must be at least 2 with val=fold")
     if config.val == "fold" and not 0 <= config.fold < config.folds:
         raise ConfigError(f"fold={config.fold}: expected 0..{config.folds - 1} with folds={config.folds}")
+    if config.pretrained == "maskcls" and config.task not in SPECIALISTS:
+        raise ConfigError(f"pretrained=maskcls: the bundle holds the specialists {', '.join(SPECIALISTS)}, "
+                          f"no {config.task} model")
     if config.age_sigma < 0:
         raise ConfigError(f"age_sigma={config.age_sigma}: must be 0 (hard bands) or more")
     if config.age_sigma > 0 and not TASKS[config.task].has_age:
