@@ -34,7 +34,7 @@ from . import __version__
 from .data.crop import file_hash
 from .data.images import open_rgb
 from .data.layout import DataError
-from .detect import FaceChecker
+from .detect import FaceChecker, Photo
 from .infer import checkpoint_file
 
 FIELD = "files"  # the multipart field that carries the photos
@@ -167,7 +167,7 @@ class Service:
     def detect(self, uploads: Sequence[Upload]) -> dict:
         images = [decode_upload(upload, self.limits.max_megapixels) for upload in uploads]
         with self.lock:
-            rows = self.checker.rows([(upload.name, image) for upload, image in zip(uploads, images)])
+            rows = self.checker.rows([Photo(upload.name, image, image.size) for upload, image in zip(uploads, images)])
         return {"photos": [photo_result(u.name, image, r) for u, image, r in zip(uploads, images, rows)]}
 
 
