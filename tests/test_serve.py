@@ -337,3 +337,15 @@ def test_serve_options_out_of_range_are_refused_before_any_work(project, monkeyp
     monkeypatch.setattr(maskcls.serve, "listen", lambda *a: pytest.fail("bound a socket"))
     result = run("serve", "--project", project, option, value)
     assert result.exit_code == code and words in result.output, result.output
+
+
+def test_run_names_are_the_folder_under_the_task_never_a_path(tmp_path):
+    from maskcls.serve import run_name
+
+    for folder in ("runs/age/ens/member0", "runs/mask/exp", "elsewhere/best_mask"):
+        (tmp_path / folder).mkdir(parents=True)
+    (tmp_path / "runs/mask/exp/best.pt").write_bytes(b"")
+    assert run_name(tmp_path / "runs/age/ens/member0", "age") == "ens/member0"
+    assert run_name(tmp_path / "runs/mask/exp", "mask") == "exp"
+    assert run_name(tmp_path / "runs/mask/exp/best.pt", "mask") == "exp"
+    assert run_name(tmp_path / "elsewhere/best_mask", "mask") == "best_mask"
