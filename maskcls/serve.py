@@ -2,8 +2,9 @@
 
 ``POST /v1/detect`` takes one or more photos (multipart, field ``files``) and answers, per photo, every face
 as ``maskcls detect`` rows it: both go through ``FaceChecker.rows``, so the fields and their meaning are the
-same. ``GET /v1/models`` lists the runs served, ``GET /healthz`` says the server is up, ``GET /`` is the page
-(``maskcls/static/index.html``, read once at start), ``/docs`` FastAPI's OpenAPI page.
+same. ``GET /v1/models`` lists the runs served (and the bundle's version when its specialists answer),
+``GET /healthz`` says the server is up, ``GET /`` is the page (``maskcls/static/index.html``, read once at
+start), ``/docs`` FastAPI's OpenAPI page.
 
 Uploads stay in memory (Starlette's spooled files are told never to roll over to disk) and are bounded: the
 body by ``max_upload_mb`` (counted as it streams in, whatever Content-Length claims), the count by
@@ -43,7 +44,8 @@ from starlette.formparsers import MultiPartException, MultiPartParser
 from . import __version__
 from .data.crop import file_hash
 from .data.layout import DataError
-from .detect import BATCH_MEGAPIXELS, FaceChecker, Photo, PhotoHeader, decode_photo, photo_header
+from .detect import (BATCH_MEGAPIXELS, MAX_MEGAPIXELS, FaceChecker, ImageTooLarge, Photo, PhotoHeader,
+                     check_pixels, decode_photo, face_records, photo_header)
 from .errors import ConfigError
 from .infer import checkpoint_file
 
@@ -59,7 +61,7 @@ TRIM_MEGAPIXELS = 10.0  # a request that decoded more (40 MB of RGB) hands its f
 class ServeLimits:
     max_upload_mb: float = 20.0  # the whole request body, in MiB
     max_files: int = 16  # photos per request
-    max_megapixels: float = 40.0  # per photo, from its header: 40 MP is 7300 x 5500, 160 MB once decoded to RGB
+    max_megapixels: float = MAX_MEGAPIXELS  # per photo, from its header
     # per request, as decoded (a large JPEG decodes smaller): detect's batch, 400 MB of RGB
     max_request_megapixels: float = BATCH_MEGAPIXELS
 
@@ -150,10 +152,10 @@ def check_upload(upload: Upload, max_megapixels: float, max_side: int) -> PhotoH
     if header.format not in ACCEPTED_FORMATS:
         raise BadRequest(415, f"{upload.name}: {header.format} images are not accepted; send "
                               f"{', '.join(dict.fromkeys(ACCEPTED_FORMATS.values()))}")
-    width, height = header.size
-    if width * height > max_megapixels * 1e6:
-        raise BadRequest(413, f"{upload.name}: image too large ({width} x {height} pixels, over "
-                              f"{max_megapixels:g} megapixels: --max-megapixels)")
+    try:
+        check_pixels(upload.name, header.size, max_megapixels)
+    except ImageTooLarge as err:
+        raise BadRequest(413, str(err)) from None
     return header
 
 
@@ -205,7 +207,9 @@ def run_name(run_dir: Path, task: str) -> str:
 
 
 def served_models(checker: FaceChecker) -> list[dict]:
-    """One entry per run: task, run name, backbone, image size, validation F1 and the checkpoint's SHA-1."""
+    """One entry per run: task, run name, backbone, image size, validation F1, the checkpoint's SHA-1 and whether
+    it is the bundle's."""
+    from .bundle import is_bundled
     from .checkpoint import load_checkpoint
 
     models = []
@@ -216,14 +220,13 @@ def served_models(checker: FaceChecker) -> list[dict]:
             models.append({"task": run.task, "run": run_name(run.run_dir, run.task), "checkpoint": path.name,
                            "backbone": run.config.backbone, "img_size": run.config.img_size,
                            "val_f1": None if best_f1 is None else round(float(best_f1), 4),
-                           "sha1": file_hash(path)})
+                           "sha1": file_hash(path), "bundled": is_bundled(run.run_dir)})
     return models
 
 
 def photo_result(name: str, size: tuple[int, int], rows: Sequence[dict]) -> dict:
     """One photo's answer: its size and its faces (detect's rows less ``file`` and ``status``)."""
-    faces = [{k: v for k, v in row.items() if k not in ("file", "status")} for row in rows if row["status"] == "face"]
-    return {"file": name, "width": size[0], "height": size[1], "faces": faces}
+    return {"file": name, "width": size[0], "height": size[1], "faces": face_records(rows)}
 
 
 class Service:
@@ -263,6 +266,7 @@ def create_app(checker: FaceChecker, limits: ServeLimits = ServeLimits()):
     """The FastAPI app serving ``checker`` (built once, with its models loaded)."""
     service = Service(checker, limits)
     models = served_models(checker)
+    bundle = checker.bundle_version  # the bundle's version when its specialists answer
     page = page_html()
     settings = checker.settings
     app = FastAPI(title="maskcls", version=__version__,
@@ -282,7 +286,7 @@ def create_app(checker: FaceChecker, limits: ServeLimits = ServeLimits()):
 
     @app.get("/v1/models")
     def list_models() -> dict:
-        return {"models": models, "engine": settings.runtime, "tta": settings.tta,
+        return {"models": models, "bundle": bundle, "engine": settings.runtime, "tta": settings.tta,
                 "limits": {"max_upload_mb": limits.max_upload_mb, "max_files": limits.max_files,
                            "max_megapixels": limits.max_megapixels,
                            "max_request_megapixels": limits.max_request_megapixels}}
