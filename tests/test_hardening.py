@@ -59,3 +59,76 @@ def test_predict_names_the_bad_row_in_one_line(dataset_copy, tmp_path):
     one_line_error(cli("predict", "mask", run, dataset_copy, "--out", out), f"{info}: line 4: ImageID "
                                                                              f"'../../train/train.csv'")
     assert not out.exists()
+
+
+# --- option values out of range -----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("args, option, value", [
+    (["detect", "x.jpg", "--min-face", "0"], "--min-face", 0),  # was a ZeroDivisionError
+    (["detect", "x.jpg", "--min-face", "-5"], "--min-face", -5),
+    (["detect", "x.jpg", "--min-prob", "5"], "--min-prob", 5),
+    (["detect", "x.jpg", "--max-side", "-1"], "--max-side", -1),
+    (["crop", "data", "--batch-size", "0"], "--batch-size", 0),
+    (["crop", "data", "--margin", "-1"], "--margin", -1),
+    (["crop", "data", "--fallback", "0"], "--fallback", 0),
+    (["audit", "data", "--top", "-1"], "--top", -1),
+    (["demo", "--epochs", "0"], "--epochs", 0),
+    (["data", "sample", "out", "--people", "0"], "--people", 0),
+])
+def test_an_option_out_of_its_range_is_one_line_before_any_work(tmp_path, monkeypatch, args, option, value):
+    monkeypatch.chdir(tmp_path)
+    one_line_error(cli(*args), option, f"(got {value})")
+    assert not any(tmp_path.iterdir())
+
+
+def test_a_missing_argument_stays_a_usage_error():
+    assert cli("data", "check").exit_code == 2
+
+
+# --- outputs that cannot be written are refused before the work ---------------------------------------------------
+
+@pytest.fixture
+def blocked(tmp_path) -> Path:
+    """A regular file where an output folder would go: refused even for root, whom chmod does not stop."""
+    path = tmp_path / "file"
+    path.write_text("in the way")
+    return path
+
+
+def test_outputs_under_a_file_are_refused_naming_the_folder(sample_dataset, tmp_path, blocked):
+    run = untrained_run(tmp_path / "runs", "mask", TINY_TRAIN)
+    project = tmp_path / "runs"
+    before = files_under(tmp_path)
+    cases = [
+        (["predict", "mask", run, sample_dataset, "--out", blocked / "p.csv"], blocked / "p.csv"),
+        (["submit", "--mask", run, "--age", run, "--gender", run, "--out", blocked / "s.csv"], blocked / "s.csv"),
+        (["detect", sample_dataset / "eval" / "images", "--project", project, "--out", blocked / "d.csv"],
+         blocked / "d.csv"),
+        (["detect", sample_dataset / "eval" / "images", "--project", project, "--out", tmp_path / "d.csv",
+          "--annotate", blocked / "drawn"], blocked / "drawn"),
+        (["train", "mask", *TINY_TRAIN, f"data_dir={sample_dataset}", f"project={blocked / 'runs'}"],
+         blocked / "runs"),
+        (["crop", sample_dataset, "--cache-dir", blocked / "cache"], blocked / "cache"),
+        (["data", "sample", blocked / "faces"], blocked / "faces"),
+    ]
+    for args, where in cases:
+        one_line_error(cli(*args), f"{where if where.suffix != '.csv' else where.parent}", "is a file")
+    assert files_under(tmp_path) == before
+
+
+def test_an_output_path_that_is_a_folder_is_refused(sample_dataset, tmp_path):
+    run = untrained_run(tmp_path / "runs", "mask", TINY_TRAIN)
+    one_line_error(cli("predict", "mask", run, sample_dataset, "--out", tmp_path), f"{tmp_path}: is a folder")
+    (run / "best.onnx").mkdir()
+    one_line_error(cli("export", "onnx", "--joint", run), f"{run / 'best.onnx'}: is a folder")
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into a read-only folder")
+def test_an_unwritable_folder_is_refused(tmp_path):
+    folder = tmp_path / "locked"
+    folder.mkdir()
+    folder.chmod(0o500)
+    try:
+        one_line_error(cli("data", "sample", folder / "faces"), f"{folder / 'faces'}: folder is not writable")
+    finally:
+        folder.chmod(0o700)
