@@ -8,7 +8,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from conftest import TINY_TRAIN, cli, edit_csv, untrained_run
+from conftest import TINY_TRAIN, cli, edit_csv, truncate, untrained_run
 from maskcls.data import check_dataset, read_eval_images
 from maskcls.errors import DataError
 
@@ -132,3 +132,33 @@ def test_an_unwritable_folder_is_refused(tmp_path):
         one_line_error(cli("data", "sample", folder / "faces"), f"{folder / 'faces'}: folder is not writable")
     finally:
         folder.chmod(0o700)
+
+
+# --- checkpoints that are not maskcls's, or damaged ---------------------------------------------------------------
+
+def test_a_damaged_or_foreign_checkpoint_is_one_line(sample_dataset, tmp_path):
+    import argparse
+    import collections
+
+    import torch
+
+    from maskcls.checkpoint import load_checkpoint
+    from maskcls.errors import CheckpointError
+
+    run = untrained_run(tmp_path / "runs", "mask", TINY_TRAIN)
+    best = run / "best.pt"
+    truncate(best)
+    one_line_error(cli("predict", "mask", run, sample_dataset), f"checkpoint {best} is damaged (truncated?)")
+    best.write_bytes(b"")
+    with pytest.raises(CheckpointError, match="is damaged"):
+        load_checkpoint(best)
+    torch.save(collections.OrderedDict(a=torch.zeros(2)), best)  # a plain state dict: no config
+    one_line_error(cli("predict", "mask", run, sample_dataset), f"{best}: not a maskcls checkpoint")
+    torch.save(argparse.Namespace(lr=0.1), best)  # pickled objects: torch would advise weights_only=False
+    one_line_error(cli("predict", "mask", run, sample_dataset), f"{best}: not a maskcls checkpoint")
+    best.write_text("hello")
+    one_line_error(cli("predict", "mask", run, sample_dataset), f"{best}: not a maskcls checkpoint")
+    other = tmp_path / "photos"
+    other.mkdir()
+    one_line_error(cli("predict", "mask", other, sample_dataset), f"{other}: not a maskcls run (no best.pt")
+    one_line_error(cli("train", "mask", "--resume", other), f"{other}: not a maskcls run (no last.pt")
