@@ -22,17 +22,6 @@ def fail(message: str) -> None:
     raise typer.Exit(1)
 
 
-def _check_outputs(config, resume: Path | None = None) -> None:
-    """The folders a training writes, checked before it reads an image: its run folder, and the crop cache
-    that crop=mtcnn fills with the faces it detects."""
-    from .data.crop import resolve_cache_dir
-    from .io import check_writable
-
-    check_writable(resume or config.project, folder=True)
-    if config.crop == "mtcnn":
-        check_writable(resolve_cache_dir(config.data_dir, config.crop_cache or None), folder=True)
-
-
 class _Commands(TyperGroup):
     """Every command (and subcommand) runs inside this: a user-facing error becomes its one-line message."""
 
@@ -42,7 +31,7 @@ class _Commands(TyperGroup):
         except MaskclsError as err:
             fail(str(err))
         except typer.BadParameter as err:  # an option's value out of its range or choices, as a bad config value
-            if type(err).__name__ == "MissingParameter":  # a missing argument stays click's usage error
+            if type(err) is not typer.BadParameter:  # MissingParameter: a missing argument stays a usage error
                 raise
             fail(_bad_parameter(err))
 
@@ -128,6 +117,17 @@ def data_sample(
     check_writable(out_dir, folder=True)
     make_sample_dataset(out_dir, people=people, eval_people=eval_people, seed=seed)
     typer.echo(f"wrote {people} train and {eval_people} eval people to {out_dir}")
+
+
+def _check_outputs(config, resume: Path | None = None) -> None:
+    """The folders a training writes, checked before it reads an image: its run folder, and the crop cache
+    that crop=mtcnn fills with the faces it detects."""
+    from .data.crop import resolve_cache_dir
+    from .io import check_writable
+
+    check_writable(resume or config.project, folder=True)
+    if config.crop == "mtcnn":
+        check_writable(resolve_cache_dir(config.data_dir, config.crop_cache or None), folder=True)
 
 
 @app.command()
@@ -416,8 +416,8 @@ def audit(
 # --- detect, export ---------------------------------------------------------------------------------
 
 # options shared by detect and serve
-MinProb = Annotated[float, typer.Option(min=0, max=1, help="MTCNN probability a face needs for a row (lower finds more masked faces "
-                                             "and more false boxes on textures).")]
+MinProb = Annotated[float, typer.Option(min=0, max=1, help="MTCNN probability a face needs for a row (lower finds "
+                                                           "more masked faces and more false boxes on textures).")]
 # MTCNN's window is 12 pixels: a smaller face would have it upsample every photo (12 / min_face)x
 MinFace = Annotated[int, typer.Option(min=12, help="Smallest face MTCNN looks for, in pixels.")]
 MaxSide = Annotated[int, typer.Option(min=0, help="MTCNN looks at a copy of each photo shrunk to this longer side "
