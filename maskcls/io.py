@@ -73,8 +73,8 @@ def check_writable(path: str | Path, folder: bool = False) -> Path:
     if not existing.is_dir():
         raise OutputError(f"{target}: cannot be made, {existing} is a file")
     if not os.access(existing, os.W_OK | os.X_OK):
-        raise OutputError(f"{target}: folder is not writable ({existing})" if existing != target else
-                          f"{target}: folder is not writable")
+        raise OutputError(f"{target}: folder is not writable" if existing == target else
+                          f"{target}: cannot be made, {existing} is not writable")
     return path
 
 

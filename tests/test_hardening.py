@@ -129,7 +129,9 @@ def test_an_unwritable_folder_is_refused(tmp_path):
     folder.mkdir()
     folder.chmod(0o500)
     try:
-        one_line_error(cli("data", "sample", folder / "faces"), f"{folder / 'faces'}: folder is not writable")
+        one_line_error(cli("data", "sample", folder), f"{folder}: folder is not writable")
+        one_line_error(cli("data", "sample", folder / "faces"), f"{folder / 'faces'}: cannot be made, {folder} is not "
+                                                                f"writable")
     finally:
         folder.chmod(0o700)
 
