@@ -61,9 +61,10 @@ def data_check(
     from .progress import progress
 
     check = check_extra if is_extra_folder(data_dir) else check_dataset
-    problems = check(data_dir, decode=decode, progress=lambda xs, total: progress(xs, total=total, desc="decode"))
-    for problem in problems:
-        typer.echo(f"error: {problem}", err=True)
+    found = check(data_dir, decode=decode, progress=lambda xs, total: progress(xs, total=total, desc="decode"))
+    problems = [problem for problem in found if not problem.warning]
+    for problem in found:
+        typer.echo(f"{'warning' if problem.warning else 'error'}: {problem}", err=True)
     if problems:
         typer.echo(f"{data_dir}: {len(problems)} problem(s)", err=True)
         raise typer.Exit(1)
