@@ -154,7 +154,7 @@ def test_parse_overrides_keeps_everything_after_the_first_equals():
 
 
 @pytest.mark.parametrize("override, message", [
-    ("crop=blur", "crop='blur': expected one of none, center, mtcnn"),
+    ("crop=blur", "crop='blur': expected one of none, center, faces"),
     ("crop_detector=yolo", "crop_detector='yolo': expected one of mtcnn, retinaface"),
     ("loss=mse", "expected one of"),
     ("device=tpu", "expected one of"),

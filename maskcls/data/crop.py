@@ -34,7 +34,7 @@ from .images import open_rgb
 from .layout import DataError, scan_eval, scan_train
 
 # the config's `crop`: whole image, centre crop, cached face crop (whichever `crop_detector` found the face)
-CROP_MODES = ("none", "center", "mtcnn")
+CROP_MODES = ("none", "center", "faces")
 # x1..y2: the face box found (may run past the image edge), empty when none was (fallback: the centre crop)
 MANIFEST_COLUMNS = ("path", "split", "x1", "y1", "x2", "y2", "prob", "fallback", "pass", "source_hash",
                     "settings_hash")
@@ -133,7 +133,7 @@ class ImageLoader:
         if mode not in CROP_MODES:
             raise ConfigError(f"crop={mode!r}: expected one of {', '.join(CROP_MODES)}")
         self.mode, self.settings, self.data_dir = mode, settings, str(data_dir)
-        cache = detections_dir(resolve_cache_dir(data_dir, cache_dir), settings) if mode == "mtcnn" else ""
+        cache = detections_dir(resolve_cache_dir(data_dir, cache_dir), settings) if mode == "faces" else ""
         self.cache_dir = str(cache)
         self.settings_hash = settings.digest()  # once: every image's cache entry is checked against it
         self._entries: dict | None = None
@@ -187,7 +187,7 @@ def folder_settings(settings: CropSettings, data_dir: str | Path) -> CropSetting
 
 
 def build_image_loader(config) -> Callable[[str], Image.Image]:
-    """The image reader for training and submission: ``none``, ``center`` or cached face (``mtcnn``) crops."""
+    """The image reader for training and submission: ``none``, ``center`` or cached face (``faces``) crops."""
     settings = folder_settings(CropSettings.from_config(config), config.data_dir)
     return ImageLoader(config.crop, settings, config.data_dir, config.crop_cache or None)
 
