@@ -183,6 +183,7 @@ def crop(
 ):
     """Detect the face in every train and eval image with MTCNN (or RetinaFace) and cache the boxes (re-runs reuse
     them; a run cuts its crops from them with its crop_margin / crop_square, so those need no new detection).
+    A training with crop=faces fills the cache of its train images itself the first time; this does it ahead.
 
     DATA_DIR may also be an extra_data folder (images/ + labels.csv)."""
     from .data.crop import run_crop
