@@ -4,7 +4,7 @@ its own initial head, data order, augmentations and validation people. The folde
 wherever runs are loaded (:func:`maskcls.runs.expand_runs`), so submit, predict, detect and export vote them.
 
 Why: retrains of one recipe that differ only in the seed moved the ood_ffhq F1 by up to 0.09 per task, and their
-soft vote scored above the members' mean on every task (docs/benchmarks.md, "Generalisation", eighth session).
+soft vote scored above the members' mean on every task (docs/benchmarks.md, "Generalisation").
 
 Running the same command again (same ``name``), or ``train --resume <folder>``, finishes what is unfinished: a
 member whose ``last.pt`` has every epoch is skipped, one with fewer is resumed from it, one without starts afresh.

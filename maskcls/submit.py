@@ -18,6 +18,7 @@ from typing import Collection, Sequence
 import numpy as np
 import pandas as pd
 
+from .bundle import is_bundled, newest_run, output_dir  # noqa: F401  newest_run: named from here by tests and scripts
 from .config import Config
 from .data import NUM_CLASSES, DataError, class_name, read_eval_images
 from .data.dataset import build_dataset
@@ -135,7 +136,7 @@ def default_output(run_dirs: Sequence[str | Path], split: str, tta: bool, how: s
     suffix = f"_{how}{len(run_dirs)}" if len(run_dirs) > 1 else ""
     homes = {run_home(r) for r in run_dirs}
     folder = homes.pop() if len(run_dirs) > 1 and len(homes) == 1 else Path(run_dirs[0])
-    return folder / f"pred_{split}{'_tta' if tta else ''}{suffix}.csv"
+    return output_dir(folder) / f"pred_{split}{'_tta' if tta else ''}{suffix}.csv"
 
 
 def write_predictions(table: pd.DataFrame, path: str | Path, note: dict) -> Path:
@@ -149,18 +150,6 @@ def write_predictions(table: pd.DataFrame, path: str | Path, note: dict) -> Path
 
 # --- the submit command -----------------------------------------------------------------------------
 
-def newest_run(project: str | Path, task: str, which: str = "best") -> Path:
-    """The run (or CV folder) under ``<project>/<task>/`` whose ``best.pt`` (or ``which``) was written last."""
-    from .runs import checkpoint_time
-
-    folder = Path(project) / task
-    times = {d: checkpoint_time(d, which) for d in folder.iterdir()} if folder.is_dir() else {}
-    runs = [d for d, time in times.items() if time is not None]
-    if not runs:
-        raise DataError(f"{folder}: no run with a {which}.pt; train one (maskcls train {task}) or pass --{task} RUN")
-    return max(runs, key=times.get)
-
-
 def run_configs(run_dirs: Sequence[str | Path], which: str = "best") -> list[Config]:
     """The config each run (folder or .pt file) was trained with, read from its checkpoint."""
     from .checkpoint import checkpoint_config, load_checkpoint
@@ -171,6 +160,9 @@ def run_configs(run_dirs: Sequence[str | Path], which: str = "best") -> list[Con
 
 def common_data_dir(run_dirs: Sequence[str | Path], which: str = "best") -> Path:
     """The data folder every run was trained on; refuses runs that disagree (pass --data-dir then)."""
+    bundled = [run_dir for run_dir in run_dirs if is_bundled(run_dir)]
+    if bundled:
+        raise DataError(f"{bundled[0]}: a bundled run was not trained on a data folder of yours; pass --data-dir DATA")
     found = {}
     for run_dir, config in zip(run_dirs, run_configs(run_dirs, which)):
         found.setdefault(Path(config.data_dir).resolve(), run_dir)

@@ -15,7 +15,7 @@ LAYERS = [
     {"data"},  # maskcls/data/: layout, labels, fixes, split, images, faces, crop cache, dataset
     {"tasks", "losses", "years"},  # the task table; the loss registry; the year head (age_target=years)
     {"config"},  # reads the registries below it for its choices
-    {"models", "checkpoint", "run_log", "runs"},  # runs: run folders, CV folders of folds, ensembles
+    {"models", "checkpoint", "run_log", "runs", "bundle"},  # runs: run folders, CV folders; bundle: the shipped runs
     {"engine"},
     {"infer", "bias"},  # what commands share: inference; per-class biases
     {"evaluate", "combine", "submit", "detect", "export", "cv", "ensemble", "audit", "serve"},  # the commands
