@@ -2,9 +2,9 @@
 serve, predict, submit, export and the Python API answer right after install, and which runs answer a command.
 
 The bundle folder holds ``manifest.json`` (``version`` as ``YYYY.MM.DD``, ``files``: the sha256 of every file by
-its path relative to the folder, ``tasks``), one ordinary run folder per task (``mask/best.pt`` and
-``mask/config.yaml``, ...) and ``MODEL_CARD.md``. A bundled checkpoint holds only what inference reads, its
-weights in float16; loading them into the float32 model casts them back. :func:`load_bundle` checks every
+its path relative to the folder, ``tasks``), one ordinary run or ensemble folder per task (``mask/best.pt`` and
+``mask/config.yaml``, or ``gender/member0/...``) and ``MODEL_CARD.md``. A bundled checkpoint holds only what
+inference reads, its weights packed (maskcls.quantize: float16 or int8); loading expands them to float32. :func:`load_bundle` checks every
 file's sha256 before a weight is used. ``MASKCLS_BUNDLE_DIR`` points the code at another bundle folder (tests,
 a measurement bundle). What is made from the bundle (ONNX exports, prediction CSVs) cannot be written into an
 installed package: it goes to ``$XDG_CACHE_HOME/maskcls/bundle-<version>/<task>/`` (``~/.cache`` without it).
@@ -99,10 +99,11 @@ def load_bundle(root: str | Path | None = None) -> Bundle:
     """The bundle at ``root`` (default :func:`bundle_dir`) once every file it lists, and each task's checkpoint and
     config, are present and match their sha256."""
     bundle = read_manifest(root)
-    needed = {f"{task}/{name}" for task in bundle.tasks for name in (f"{WHICH}.pt", "config.yaml")}
-    unlisted = sorted(needed - set(bundle.files))
-    if unlisted:
-        raise WeightsError(f"maskcls bundle file {bundle.root / unlisted[0]} is not in its manifest; reinstall maskcls")
+    empty = [task for task in bundle.tasks
+             if not any(name.startswith(f"{task}/") and name.endswith(f"{WHICH}.pt") for name in bundle.files)]
+    if empty:
+        raise WeightsError(f"maskcls bundle file {bundle.root / empty[0] / f'{WHICH}.pt'} is not in its manifest; "
+                           f"reinstall maskcls")
     for name, expected in bundle.files.items():
         path = bundle.root / name
         if not path.is_file():
@@ -117,7 +118,7 @@ def is_bundled(run: str | Path) -> bool:
     path = Path(run).resolve()
     folder = path.parent if path.suffix == ".pt" else path
     root = bundle_dir().resolve()
-    return folder.parent == root and (root / MANIFEST).is_file()
+    return root in folder.parents and (root / MANIFEST).is_file()
 
 
 def bundle_version(runs: Iterable[str | Path]) -> str | None:
@@ -130,7 +131,7 @@ def output_dir(run_dir: str | Path) -> Path:
     bundle's user cache (an installed package is no place to write)."""
     if not is_bundled(run_dir):
         return Path(run_dir)
-    return read_manifest().cache_dir / Path(run_dir).resolve().name
+    return read_manifest().cache_dir / Path(run_dir).resolve().relative_to(bundle_dir().resolve())
 
 
 # --- which runs answer ----------------------------------------------------------------------------------
@@ -197,41 +198,62 @@ def _installed_bundle(fallback: Sequence[str]) -> Bundle:
 
 # --- writing a bundle -----------------------------------------------------------------------------------
 
-def write_bundle(runs: dict[str, str | Path], out_dir: str | Path, version: str, card: str | None = None) -> Bundle:
-    """Write the bundle of one finished run per task (``{"mask": run_dir, ...}``, each with ``best.pt`` and
-    ``config.yaml``) into ``out_dir``: each checkpoint with its weights in float16 and only what inference reads,
-    its config.yaml as it is, ``card`` as MODEL_CARD.md (None: keep the card already there, if any), then the
-    manifest, last. Every file is written atomically; returns the bundle, checked."""
-    import torch
-
+def write_bundle(runs: dict[str, str | Path | Sequence[str | Path]], out_dir: str | Path, version: str,
+                 card: str | None = None, storage: str = "float16") -> Bundle:
+    """Write the bundle of finished runs (``{"mask": run_dir, "gender": [run_a, run_b], ...}``, each with ``best.pt``
+    and ``config.yaml``) into ``out_dir``: one run of a task as ``<task>/``, several as the members of an ensemble
+    folder ``<task>/member<k>/`` (voted wherever the bundle answers); each checkpoint with only what inference reads
+    and its weights packed as ``storage`` (maskcls.quantize: float16, or int8 per output channel), its config.yaml
+    (``ensemble`` set to the members' count), ``card`` as MODEL_CARD.md (None: keep the card already there, if any),
+    then the manifest, last. Every file is written atomically; returns the bundle, checked."""
     if not VERSION.fullmatch(version):
         raise WeightsError(f"bundle version {version!r}: expected YYYY.MM.DD (and an optional .N)")
     unknown = sorted(set(runs) - set(SPECIALISTS))
     if not runs or unknown:
         raise WeightsError(f"bundle tasks {unknown or 'none'}: expected some of {', '.join(SPECIALISTS)}")
     out_dir, tasks = Path(out_dir), [task for task in SPECIALISTS if task in runs]
+    names = []
     for task in tasks:
-        run_dir = Path(runs[task])
-        source, config = run_dir / f"{WHICH}.pt", run_dir / "config.yaml"
-        if not source.is_file() or not config.is_file():
-            raise CheckpointError(f"{run_dir}: not a finished run (needs {WHICH}.pt and config.yaml)")
-        try:
-            state = torch.load(source, map_location="cpu", weights_only=True)
-        except Exception as err:
-            raise CheckpointError(f"{source}: cannot be read as a maskcls checkpoint ({type(err).__name__})") from None
-        if state.get("config", {}).get("task") != task:
-            raise CheckpointError(f"{source}: is a {state.get('config', {}).get('task')} run, not {task}")
-        slim = {key: state[key] for key in INFERENCE_KEYS if key in state}
-        slim["model"] = {key: tensor.half() if tensor.is_floating_point() else tensor
-                         for key, tensor in state["model"].items()}
-        with atomic_path(out_dir / task / f"{WHICH}.pt") as tmp:
-            torch.save(slim, tmp)
-        with atomic_path(out_dir / task / "config.yaml") as tmp:
-            shutil.copyfile(config, tmp)
+        members = [runs[task]] if isinstance(runs[task], (str, Path)) else list(runs[task])
+        if len(members) > 1 and (out_dir / task / f"{WHICH}.pt").exists():
+            (out_dir / task / f"{WHICH}.pt").unlink()  # a single run there before would hide the members
+        for k, run_dir in enumerate(members):
+            folder = f"{task}/member{k}" if len(members) > 1 else task
+            _write_member(Path(run_dir), task, out_dir / folder, len(members), storage)
+            names += [f"{folder}/{WHICH}.pt", f"{folder}/config.yaml"]
     if card is not None:
         atomic_write_text(out_dir / CARD, card)
-    names = [f"{task}/{name}" for task in tasks for name in (f"{WHICH}.pt", "config.yaml")]
     names += [CARD] if (out_dir / CARD).is_file() else []
     manifest = {"version": version, "files": {name: sha256_file(out_dir / name) for name in names}, "tasks": tasks}
     atomic_write_text(out_dir / MANIFEST, json.dumps(manifest, indent=1) + "\n")
     return load_bundle(out_dir)
+
+
+def _write_member(run_dir: Path, task: str, folder: Path, members: int, storage: str) -> None:
+    """One run's slim, packed checkpoint and its config.yaml into ``folder``."""
+    import torch
+    import yaml
+
+    from .quantize import pack_state
+
+    source, config = run_dir / f"{WHICH}.pt", run_dir / "config.yaml"
+    if not source.is_file() or not config.is_file():
+        raise CheckpointError(f"{run_dir}: not a finished run (needs {WHICH}.pt and config.yaml)")
+    try:
+        state = torch.load(source, map_location="cpu", weights_only=True)
+    except Exception as err:
+        raise CheckpointError(f"{source}: cannot be read as a maskcls checkpoint ({type(err).__name__})") from None
+    if state.get("config", {}).get("task") != task:
+        raise CheckpointError(f"{source}: is a {state.get('config', {}).get('task')} run, not {task}")
+    slim = {key: state[key] for key in INFERENCE_KEYS if key in state}
+    if members > 1:  # the members' config counts them, as an ensemble folder's does
+        slim["config"] = {**slim["config"], "ensemble": members}
+    slim["model"] = pack_state(state["model"], storage)
+    with atomic_path(folder / f"{WHICH}.pt") as tmp:
+        torch.save(slim, tmp)
+    if members == 1:
+        with atomic_path(folder / "config.yaml") as tmp:
+            shutil.copyfile(config, tmp)
+    else:
+        values = yaml.safe_load(config.read_text()) or {}
+        atomic_write_text(folder / "config.yaml", yaml.safe_dump({**values, "ensemble": members}, sort_keys=False))

@@ -9,6 +9,7 @@ import torch
 from .config import Config, config_from_dict
 from .errors import CheckpointError
 from .io import atomic_path
+from .quantize import expand_state
 
 
 def save_checkpoint(path: Path, **state) -> None:
@@ -21,9 +22,12 @@ def load_checkpoint(path: Path) -> dict:
     if not path.is_file():
         raise CheckpointError(f"{path}: checkpoint does not exist")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:
         raise CheckpointError(f"{path}: cannot be read as a maskcls checkpoint ({type(err).__name__}: {err})") from None
+    if isinstance(state, dict) and isinstance(state.get("model"), dict):
+        state["model"] = expand_state(state["model"])  # a bundled checkpoint's packed weights, as float32
+    return state
 
 
 def checkpoint_config(state: dict) -> Config:

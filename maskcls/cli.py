@@ -449,10 +449,11 @@ def serve(
     age: AgeRuns = None,
     gender: GenderRuns = None,
     host: Annotated[str, typer.Option(help="Address to listen on: loopback by default; 0.0.0.0 opens it to the network.")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
-    max_upload_mb: Annotated[float, typer.Option(help="Largest request body accepted, in MB.")] = 20.0,
-    max_files: Annotated[int, typer.Option(help="Most photos in one request.")] = 16,
-    max_megapixels: Annotated[float, typer.Option(help="Largest photo accepted, in megapixels (read from its header).")] = 40.0,
+    port: Annotated[int, typer.Option(min=0, max=65535, help="TCP port (0: any free one).")] = 8000,
+    max_upload_mb: Annotated[float, typer.Option(min=0, help="Largest request body accepted, in MB (above 0).")] = 20.0,
+    max_files: Annotated[int, typer.Option(min=1, help="Most photos in one request.")] = 16,
+    max_megapixels: Annotated[float, typer.Option(min=0, help="Largest photo accepted, in megapixels (read from its header; above 0).")] = 40.0,
+    max_request_megapixels: Annotated[float, typer.Option(min=0, help="Most megapixels in one request, as decoded (a JPEG over --max-side decodes smaller; above 0).")] = 100.0,
     min_prob: MinProb = 0.9,
     min_face: MinFace = 20,
     max_side: MaxSide = 1600,
@@ -471,15 +472,19 @@ def serve(
     from .detect import FaceChecker, load_specialists
 
     try:
-        from .serve import ServeLimits, serve as run_server
+        from .serve import ServeLimits, is_loopback, listen, serve as run_server
     except ImportError as err:
         fail(f"maskcls serve needs {err.name}: pip install 'maskcls[serve]'")
     os.environ.setdefault("MASKCLS_NO_PROGRESS", "1")  # a progress bar per request would flood the log
     settings = _detect_settings(min_prob, min_face, max_side, second_pass, tta, engine, device)
-    limits = ServeLimits(max_upload_mb=max_upload_mb, max_files=max_files, max_megapixels=max_megapixels)
+    limits = ServeLimits(max_upload_mb=max_upload_mb, max_files=max_files, max_megapixels=max_megapixels,
+                         max_request_megapixels=max_request_megapixels)
     runs = _specialist_runs(mask, age, gender, project, which.value, bundled)
+    sock = listen(host, port)  # a busy port fails now, before the models load
+    if not is_loopback(host):
+        typer.echo(f"warning: --host {host}: the API has no authentication and is open to the network", err=True)
     checker = FaceChecker.create(load_specialists(runs, which.value, settings.runtime), settings)
-    run_server(checker, limits, host, port, announce=typer.echo)
+    run_server(checker, limits, sock, announce=typer.echo)
 
 
 @export_app.command("onnx")

@@ -20,17 +20,17 @@ import json
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import BinaryIO, Iterator, Sequence
 
 import numpy as np
 import pandas as pd
-from PIL import Image, ImageDraw, ImageFont
+from PIL import ExifTags, Image, ImageDraw, ImageFont
 from torch import nn
 
 from .data.dataset import build_dataset
 from .data.faces import (DEFAULT_THRESHOLDS, LOOSE, CropSettings, Face, create_detector, crop_box, detect_faces,
                          face_in_image)
-from .data.images import PHOTO_SUFFIXES, open_rgb
+from .data.images import PHOTO_SUFFIXES, open_rgb, reduce_jpeg
 from .data.labels import class_name, encode
 from .data.layout import DataError
 from .engine import Engine, pick_device
@@ -45,6 +45,11 @@ COLUMNS = ("file", "status", "face", "x1", "y1", "x2", "y2", "det_prob", "mask",
 MASK_COLOURS = {"wear": (0, 170, 0), "incorrect": (235, 140, 0), "not_wear": (215, 0, 0)}
 MAX_MEGAPIXELS = 40.0  # per photo, from its header (serve, the Python API): 7300 x 5500, 120 MB once decoded to RGB
 PHOTOS_PER_BATCH = 16  # photos detected and classified together: their faces share the classifier batches
+# decoded pixels held at once, by a batch of photos or by a served request: 400 MB as Pillow holds RGB (4 bytes
+# a pixel), two 40-megapixel photos or 16 of 6; a JPEG counts at the size it decodes at (DetectSettings.max_side)
+BATCH_MEGAPIXELS = 100.0
+# pixels of detection copies in one MTCNN call: its float input, pyramid and P-net maps take ~50 bytes a pixel
+DETECT_MEGAPIXELS = 8.0
 
 
 MAX_OVERLAP = 0.5  # a later pass's face covering more than this fraction of a kept face (or of itself) repeats it
@@ -59,8 +64,10 @@ class DetectSettings:
     passes: tuple[tuple[float, float, float], ...] = (DEFAULT_THRESHOLDS, LOOSE)
     min_face_size: int = 20  # pixels: the smallest face MTCNN's image pyramid looks for
     # MTCNN looks at a copy whose longer side is at most this (0: the photo as is): its pyramid's time and
-    # memory grow with the area (a 10000 x 10000 photo took minutes and 8 GB). Faces are cut from the original;
-    # a face under min_face_size x (longer side / max_side) pixels of the original is missed.
+    # memory grow with the area (a 10000 x 10000 photo took minutes and 8 GB). A larger JPEG is decoded at 1/2,
+    # 1/4 or 1/8 scale, its longer side still at least this, and faces are cut from that (at 1600 a face the
+    # detector can find is 20 px or more, and the classifiers see 96-128 px); other formats at full size. A face
+    # under min_face_size x (longer side / max_side) pixels of the original is missed.
     max_side: int = 1600
     tta: bool = False
     runtime: str = "torch"  # torch | onnx (the runs' exported <which>.onnx)
@@ -95,6 +102,31 @@ class Detections:
         return pd.DataFrame(self.rows, columns=list(COLUMNS))
 
 
+@dataclass(frozen=True)
+class PhotoHeader:
+    """What a photo's header says, read before any pixel is decoded."""
+
+    format: str | None  # PIL's name: JPEG, PNG, WEBP...
+    size: tuple[int, int]  # as stored, before the EXIF rotation
+    scale: int = 1  # the photo decodes this many times smaller (1, 2, 4 or 8: a large JPEG, see reduce_jpeg)
+    turned: bool = False  # EXIF turns it by 90 degrees (read only where scale > 1: a JPEG's EXIF is in its header)
+
+    @property
+    def decoded_pixels(self) -> int:
+        return -(-self.size[0] // self.scale) * -(-self.size[1] // self.scale)
+
+
+@dataclass
+class Photo:
+    """A photo as the models see it, ``scale`` times smaller than its own ``size`` (a large JPEG decoded
+    reduced); the rows' boxes and sizes are in the photo's own pixels."""
+
+    name: str
+    image: Image.Image  # RGB, EXIF-rotated
+    size: tuple[int, int]
+    scale: int = 1
+
+
 # --- inputs -----------------------------------------------------------------------------------------
 
 def find_photos(paths: Sequence[str | Path]) -> list[tuple[Path, Path]]:
@@ -112,6 +144,50 @@ def find_photos(paths: Sequence[str | Path]) -> list[tuple[Path, Path]]:
         else:
             raise DataError(f"{given}: no such file or folder")
     return photos
+
+
+def photo_header(image: Image.Image, max_side: int) -> PhotoHeader:
+    """The header of ``image`` (opened, not loaded), as it decodes for a detector that looks at ``max_side``."""
+    size, scale = image.size, reduce_jpeg(image, max_side)
+    turned = scale > 1 and image.getexif().get(ExifTags.Base.Orientation, 1) in (5, 6, 7, 8)
+    return PhotoHeader(image.format, size, scale, turned)
+
+
+def read_header(path: Path, max_side: int) -> PhotoHeader | None:
+    """``path``'s header, or None when it does not read (``open_rgb`` then names the problem)."""
+    try:
+        with Image.open(path) as image:
+            return photo_header(image, max_side)
+    except Exception:  # PIL raises many types for bad files
+        return None
+
+
+def decode_photo(source: str | Path | BinaryIO, name: str, header: PhotoHeader | None, max_side: int) -> Photo:
+    """The photo decoded as its header said (``header`` from :func:`photo_header` with the same ``max_side``;
+    None: at full size)."""
+    if header is None or header.scale == 1:
+        image = open_rgb(source, name)
+        return Photo(name, image, image.size)
+    width, height = header.size
+    image = open_rgb(source, name, min_side=max_side)
+    return Photo(name, image, (height, width) if header.turned else (width, height), header.scale)
+
+
+def photo_batches(photos: Sequence[tuple[Path, Path]], max_side: int
+                  ) -> Iterator[list[tuple[Path, Path, PhotoHeader | None]]]:
+    """``photos`` in order, in batches of at most PHOTOS_PER_BATCH photos and BATCH_MEGAPIXELS decoded pixels
+    (a larger photo alone), each with its header."""
+    batch, pixels = [], 0
+    for path, name in photos:
+        header = read_header(path, max_side)
+        cost = header.decoded_pixels if header else 0
+        if batch and (len(batch) == PHOTOS_PER_BATCH or pixels + cost > BATCH_MEGAPIXELS * 1e6):
+            yield batch
+            batch, pixels = [], 0
+        batch.append((path, name, header))
+        pixels += cost
+    if batch:
+        yield batch
 
 
 def load_specialists(runs: dict[str, Sequence[str | Path]], which: str = "best",
@@ -135,24 +211,46 @@ def find_faces(images: Sequence[Image.Image], detectors: Sequence, min_prob: flo
                max_side: int = 0) -> list[list[Face]]:
     """Every face of each image at ``min_prob`` or above, left to right: the first detector's faces, then each
     later detector's that do not repeat one already found. Detected on ``detection_copy`` (``max_side``),
-    boxes in the image's own pixels."""
-    copies = [detection_copy(image, max_side) for image in images]
-    found: list[list[Face]] = [[] for _ in images]
-    for detector in detectors:
-        for kept, faces, image, copy in zip(found, detect_faces(copies, detector, min_prob), images, copies):
-            faces = [face_in_image(face, "image", image.size, copy.size) for face in faces]
-            kept += [face for face in faces if all(_overlap(face.box, other.box) <= MAX_OVERLAP for other in kept)]
+    boxes in the image's own pixels. MTCNN sees at most DETECT_MEGAPIXELS of copies at a time."""
+    found: list[list[Face]] = []
+    for start, stop in _spans([detection_size(image.size, max_side) for image in images], DETECT_MEGAPIXELS * 1e6):
+        copies = [detection_copy(image, max_side) for image in images[start:stop]]
+        chunk: list[list[Face]] = [[] for _ in copies]
+        for detector in detectors:
+            for kept, faces, image, copy in zip(chunk, detect_faces(copies, detector, min_prob), images[start:stop],
+                                                copies):
+                faces = [face_in_image(face, "image", image.size, copy.size) for face in faces]
+                kept += [face for face in faces if all(_overlap(face.box, other.box) <= MAX_OVERLAP for other in kept)]
+        found += chunk
     return [sorted(faces, key=lambda face: (face.box[0], face.box[1])) for faces in found]
+
+
+def _spans(sizes: Sequence[tuple[int, int]], max_pixels: float) -> Iterator[tuple[int, int]]:
+    """(start, stop) of consecutive runs of ``sizes`` holding at most ``max_pixels`` (one larger size alone)."""
+    start, pixels = 0, 0
+    for index, (width, height) in enumerate(sizes):
+        if index > start and pixels + width * height > max_pixels:
+            yield start, index
+            start, pixels = index, 0
+        pixels += width * height
+    if start < len(sizes):
+        yield start, len(sizes)
 
 
 def detection_copy(image: Image.Image, max_side: int) -> Image.Image:
     """``image`` shrunk so that its longer side is ``max_side`` (as it is when already smaller, or ``max_side``
     is 0)."""
-    if not max_side or max(image.size) <= max_side:
+    size = detection_size(image.size, max_side)
+    if size == image.size:
         return image
-    scale = max_side / max(image.size)
-    size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
     return image.resize(size, Image.BILINEAR, reducing_gap=2.0)  # reducing_gap: a fast box pre-shrink
+
+
+def detection_size(size: tuple[int, int], max_side: int) -> tuple[int, int]:
+    if not max_side or max(size) <= max_side:
+        return size
+    scale = max_side / max(size)
+    return max(1, round(size[0] * scale)), max(1, round(size[1] * scale))
 
 
 def _overlap(a: Sequence[float], b: Sequence[float]) -> float:
@@ -194,13 +292,13 @@ def classify_with_age(specialist: Specialist, photos: Sequence[tuple[Image.Image
     return np.mean(probs, axis=0), np.mean(ages, axis=0) if ages else None
 
 
-def face_rows(file: str, image: Image.Image, faces: Sequence[Face], probs: dict[str, np.ndarray],
+def face_rows(file: str, size: tuple[int, int], faces: Sequence[Face], probs: dict[str, np.ndarray],
               ages: np.ndarray | None = None) -> list[dict]:
-    """One row per face (``faces`` left to right, ``probs[task]`` and ``ages`` aligned with them), or one
-    ``no_face`` row."""
+    """One row per face (``faces`` left to right, in the pixels of a photo of ``size``; ``probs[task]`` and
+    ``ages`` aligned with them), or one ``no_face`` row."""
     if not faces:
         return [{"file": file, "status": "no_face"}]
-    width, height = image.size
+    width, height = size
     rows = []
     for index, face in enumerate(faces):
         x1, y1, x2, y2 = face.box
@@ -353,29 +451,28 @@ class FaceChecker:
         faces = [face_records(photo_rows) for photo_rows in rows]
         return faces[0] if single else faces
 
-    def _read(self, item, index: int) -> tuple[str, Image.Image]:
-        """(name, RGB image) of one input to :meth:`predict`, its size checked before it is decoded."""
+    def _read(self, item, index: int) -> Photo:
+        """One input to :meth:`predict` as a photo, its size checked before it is decoded (a file as detect
+        decodes it)."""
         if isinstance(item, (str, Path)):
-            try:
-                with Image.open(item) as probe:  # reads the header only
-                    size = probe.size
-            except Exception:  # open_rgb, below, names what is wrong with the file
-                size = (0, 0)
-            check_pixels(str(item), size, self.max_megapixels)
-            return str(item), open_rgb(item)
+            header = read_header(Path(item), self.settings.max_side)  # None: open_rgb names what is wrong
+            check_pixels(str(item), header.size if header else (0, 0), self.max_megapixels)
+            return decode_photo(item, str(item), header, self.settings.max_side)
         name = f"image {index + 1}"
         if isinstance(item, Image.Image):
             check_pixels(name, item.size, self.max_megapixels)
-            return name, item.convert("RGB")
+            return Photo(name, item.convert("RGB"), item.size)
         if isinstance(item, np.ndarray) and item.dtype == np.uint8 and item.ndim == 3 and item.shape[2] == 3:
             check_pixels(name, (item.shape[1], item.shape[0]), self.max_megapixels)
-            return name, Image.fromarray(item)
+            return Photo(name, Image.fromarray(item), (item.shape[1], item.shape[0]))
         what = f"array of {item.dtype} {item.shape}" if isinstance(item, np.ndarray) else type(item).__name__
         raise DataError(f"{name}: expected a path, a PIL image or an RGB uint8 (height, width, 3) array, got {what}")
 
-    def rows(self, photos: Sequence[tuple[str, Image.Image]]) -> list[list[dict]]:
-        """Each (file name, RGB image)'s rows: its faces found, cropped and classified together."""
-        images = [image for _, image in photos]
+    def rows(self, photos: Sequence[Photo | tuple[str, Image.Image]]) -> list[list[dict]]:
+        """Each photo's rows (a Photo, or a (name, RGB image) pair): its faces found, cropped and classified
+        together."""
+        photos = [photo if isinstance(photo, Photo) else Photo(photo[0], photo[1], photo[1].size) for photo in photos]
+        images = [photo.image for photo in photos]
         found = find_faces(images, self.detectors, self.settings.min_prob, self.settings.max_side) if photos else []
         pairs = list(zip(images, found))
         scored = ({s.task: classify_with_age(s, pairs, self.settings, self.engine) for s in self.specialists}
@@ -383,8 +480,11 @@ class FaceChecker:
         probs = {task: p for task, (p, _) in scored.items()}
         ages = scored["age"][1] if "age" in scored else None  # age_target=years runs: the expected age
         rows, start = [], 0
-        for (file, image), faces in zip(photos, found):
-            rows.append(face_rows(file, image, faces, {task: p[start:start + len(faces)] for task, p in probs.items()},
+        for photo, faces in zip(photos, found):
+            at_size = [face_in_image(face, "image", (photo.image.width * photo.scale, photo.image.height * photo.scale),
+                                     photo.image.size) for face in faces]  # the decoded pixels x scale
+            rows.append(face_rows(photo.name, photo.size, at_size,
+                                  {task: p[start:start + len(faces)] for task, p in probs.items()},
                                   None if ages is None else ages[start:start + len(faces)]))
             start += len(faces)
         return rows
@@ -398,21 +498,30 @@ def detect_photos(paths: Sequence[str | Path], specialists: Sequence[Specialist]
     photos = find_photos(paths)
     checker = FaceChecker.create(specialists, settings, detectors)
     result, taken = Detections(), set()
-    chunks = [photos[i:i + PHOTOS_PER_BATCH] for i in range(0, len(photos), PHOTOS_PER_BATCH)]
-    for chunk in progress(chunks, desc="detect", unit="batch", disable=None if len(chunks) > 1 else True):
-        loaded = []
-        for path, name in chunk:
-            try:
-                loaded.append((path, name, open_rgb(path)))
-            except DataError as err:
-                result.unreadable.append(str(err))
-        for (path, name, image), rows in zip(loaded, checker.rows([(str(path), image) for path, _, image in loaded])):
-            result.rows += rows
-            if annotate_dir is not None:
-                result.annotated.append(save_image(annotate(image, rows), annotated_path(Path(annotate_dir), name,
-                                                                                         taken)))
-        result.photos += len(loaded)
+    bar = progress(total=len(photos), desc="detect", unit="photo",
+                   disable=None if len(photos) > PHOTOS_PER_BATCH else True)
+    for batch in photo_batches(photos, settings.max_side):
+        _detect_batch(batch, checker, result, annotate_dir, taken)
+        bar.update(len(batch))
+    bar.close()
     return result
+
+
+def _detect_batch(batch: Sequence[tuple[Path, Path, PhotoHeader | None]], checker: FaceChecker, result: Detections,
+                  annotate_dir: str | Path | None, taken: set[Path]) -> None:
+    """One batch of photos decoded, their rows added to ``result`` (and drawn); no image outlives the call."""
+    loaded = []
+    for path, name, header in batch:
+        try:
+            loaded.append((path, name, decode_photo(path, str(path), header, checker.settings.max_side)))
+        except DataError as err:
+            result.unreadable.append(str(err))
+    for (path, name, photo), rows in zip(loaded, checker.rows([photo for _, _, photo in loaded])):
+        result.rows += rows
+        if annotate_dir is not None:  # drawn at the photo's own size
+            image = photo.image if photo.scale == 1 else open_rgb(path)
+            result.annotated.append(save_image(annotate(image, rows), annotated_path(Path(annotate_dir), name, taken)))
+    result.photos += len(loaded)
 
 
 def detection_note(specialists: Sequence[Specialist], settings: DetectSettings, result: Detections) -> dict:

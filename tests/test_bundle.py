@@ -245,3 +245,27 @@ def test_export_onnx_of_the_bundle_goes_to_the_user_cache_and_engine_onnx_finds_
     assert onnx_rows.exit_code == torch_rows.exit_code == 0, onnx_rows.output
     onnx_table, torch_table = pd.read_csv(tmp_path / "onnx.csv"), pd.read_csv(tmp_path / "torch.csv")
     assert len(onnx_table) == 1 and onnx_table[["mask", "gender", "age"]].equals(torch_table[["mask", "gender", "age"]])
+
+
+def test_an_ensemble_packed_as_int8_is_bundled_as_members_that_vote(tmp_path, monkeypatch):
+    source = tmp_path / "source"
+    members = [untrained_run(source, "gender", [*TINY, f"data_dir={source / 'faces'}"], f"m{k}", seed=11 + k)
+               for k in range(2)]
+    single = untrained_run(source, "mask", [*TINY, f"data_dir={source / 'faces'}"], "exp", seed=7)
+    root = tmp_path / "weights"
+    write_bundle({"mask": single, "gender": members}, root, VERSION, storage="int8")
+    files = json.loads((root / "manifest.json").read_text())["files"]
+    assert {"gender/member0/best.pt", "gender/member1/best.pt", "mask/best.pt"} <= set(files)
+    packed = torch.load(root / "gender" / "member1" / "best.pt", weights_only=True)["model"]
+    assert any(isinstance(v, dict) and v["int8"].dtype == torch.int8 for v in packed.values())
+    monkeypatch.setenv(BUNDLE_ENV, str(root))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.chdir(tmp_path)
+    runs = resolve_runs({"mask": ["bundled"], "gender": ["bundled"]}, tasks=("mask", "gender"))
+    assert [r.name for r in runs["gender"]] == ["member0", "member1"] and all(is_bundled(r) for r in runs["gender"])
+    assert output_dir(runs["gender"][0]) != output_dir(runs["gender"][1])  # each member its own cache folder
+    images = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    for bundled, original in zip(runs["gender"], members):
+        with torch.inference_mode():
+            expected, got = (load_run(r).model(images).float().softmax(1) for r in (original, bundled))
+        assert (expected - got).abs().max() < 0.05

@@ -267,3 +267,80 @@ def test_decompression_bombs_are_refused_naming_the_file_and_the_run_goes_on(pro
     assert warnings[0].startswith(f"warning: skipped {bomb}: not decoded, a possible decompression bomb (")
     assert "1600000000 pixels" in warnings[0]
     assert pd.read_csv(out)["status"].tolist() == ["face", "face"]
+
+
+# ------------------------------------------------------------------------------- bounded memory
+
+def test_a_large_jpeg_decodes_reduced_and_its_rows_are_in_the_photos_own_pixels(project, pair, tmp_path):
+    """A JPEG over --max-side decodes at 1/2, 1/4 or 1/8 scale; the boxes match the full-size PNG's."""
+    from maskcls.detect import decode_photo, read_header
+
+    scale, max_side = 5, 400  # 1600 x 1000 decodes at 1/4 (400 x 250): its longer side still --max-side
+    big = Image.open(pair).convert("RGB").resize((PORTRAIT[0] * 2 * scale, PORTRAIT[1] * scale), Image.BICUBIC)
+    big.save(tmp_path / "big.png")
+    big.save(tmp_path / "big.jpg", quality=95)
+    header = read_header(tmp_path / "big.jpg", max_side)
+    photo = decode_photo(tmp_path / "big.jpg", "big.jpg", header, max_side)
+    assert (header.scale, photo.scale, photo.size, photo.image.size) == (4, 4, big.size, (400, 250))
+    assert read_header(tmp_path / "big.png", max_side).scale == 1  # only a JPEG decodes smaller
+
+    tables = {}
+    for name in ("big.png", "big.jpg"):
+        out = tmp_path / f"{name}.csv"
+        result = run("detect", tmp_path / name, "--project", project, "--out", out, "--min-face", 20,
+                     "--max-side", max_side, "--annotate", tmp_path / "drawn")
+        assert result.exit_code == 0, result.output
+        tables[name] = pd.read_csv(out)
+    png, jpg = tables["big.png"], tables["big.jpg"]
+    assert png["status"].tolist() == jpg["status"].tolist() == ["face", "face"]
+    width = (png["x2"] - png["x1"]).to_numpy()
+    for column in ("x1", "y1", "x2", "y2"):  # the same boxes, within a few percent of the face's width
+        assert (abs(png[column] - jpg[column]) < 0.06 * width).all(), (png, jpg)
+    assert Image.open(tmp_path / "drawn" / "big.jpg").size == big.size  # drawn at the photo's own size
+
+
+def test_a_turned_jpeg_decoded_reduced_keeps_its_turned_size():
+    from io import BytesIO
+
+    from maskcls.detect import decode_photo, photo_header
+
+    exif = Image.Exif()
+    exif[0x0112] = 6  # Orientation: turn 90 degrees clockwise to view
+    buffer = BytesIO()
+    Image.new("RGB", (1601, 803), (90, 120, 150)).save(buffer, format="JPEG", exif=exif.tobytes())
+    header = photo_header(Image.open(BytesIO(buffer.getvalue())), 400)
+    assert (header.scale, header.turned, header.decoded_pixels) == (4, True, 401 * 201)
+    photo = decode_photo(BytesIO(buffer.getvalue()), "turned.jpg", header, 400)
+    assert photo.size == (803, 1601) and photo.image.size == (201, 401)
+
+
+def test_detect_batches_are_bounded_by_decoded_pixels_not_only_by_count(tmp_path, monkeypatch):
+    import maskcls.detect as detect_module
+
+    sizes = [(1000, 1000), (400, 500), (400, 500), (3000, 2000), (300, 300), (300, 300)]
+    photos = []
+    for index, size in enumerate(sizes):
+        path = tmp_path / f"{index}.png"
+        Image.new("RGB", size).save(path)
+        photos.append((path, path))
+    (tmp_path / "bad.png").write_bytes(b"not an image")
+    photos.append((tmp_path / "bad.png", tmp_path / "bad.png"))
+    monkeypatch.setattr(detect_module, "BATCH_MEGAPIXELS", 1.1)
+    batches = list(detect_module.photo_batches(photos, max_side=0))
+    assert [[path.stem for path, _, _ in batch] for batch in batches] == [["0"], ["1", "2"], ["3"], ["4", "5", "bad"]]
+    assert batches[-1][-1][2] is None  # a header that does not read: open_rgb names the problem later
+    monkeypatch.setattr(detect_module, "PHOTOS_PER_BATCH", 2)
+    assert [len(b) for b in detect_module.photo_batches(photos[4:], max_side=0)] == [2, 1]
+
+
+def test_mtcnn_sees_at_most_detect_megapixels_of_copies_at_a_time(monkeypatch):
+    import maskcls.detect as detect_module
+
+    calls = []
+    monkeypatch.setattr(detect_module, "detect_faces", lambda copies, detector, min_prob: calls.append(
+        [copy.size for copy in copies]) or [[] for _ in copies])
+    monkeypatch.setattr(detect_module, "DETECT_MEGAPIXELS", 0.5)
+    images = [Image.new("RGB", size) for size in [(800, 600), (1600, 1200), (500, 500), (500, 500), (100, 100)]]
+    assert detect_module.find_faces(images, ["one pass", "two"], 0.9, max_side=800) == [[] for _ in images]
+    per_pass = [[(800, 600)], [(800, 600)], [(500, 500), (500, 500)], [(100, 100)]]
+    assert calls == [size for chunk in per_pass for size in (chunk, chunk)]

@@ -31,7 +31,7 @@ pytest.importorskip("fastapi")
 from fastapi.testclient import TestClient  # noqa: E402
 
 SETTINGS = DetectSettings(min_face_size=32)  # faces are about 45 px wide (as detect's tests use --min-face 32)
-LIMITS = ServeLimits(max_upload_mb=1, max_files=3, max_megapixels=4)
+LIMITS = ServeLimits(max_upload_mb=1, max_files=3, max_megapixels=4, max_request_megapixels=6)
 
 
 @pytest.fixture(scope="module")
@@ -101,12 +101,15 @@ def test_a_photo_without_a_face_gets_an_empty_list(client):
 
 
 def test_models_healthz_page_and_docs(client, project):
-    models = client.get("/v1/models").json()
+    answer = client.get("/v1/models")
+    models = answer.json()
     assert [m["task"] for m in models["models"]] == list(SPECIALISTS)
     mask = models["models"][0]
-    assert mask["run"] == str(project / "mask" / "exp") and mask["backbone"] == "test_efficientnet"
+    assert mask["run"] == "exp" and mask["backbone"] == "test_efficientnet"
+    assert str(project) not in answer.text  # run names, never a path of the server's disk
     assert mask["img_size"] == 32 and mask["val_f1"] == 0.0 and len(mask["sha1"]) == 40
     assert models["engine"] == "torch" and models["limits"]["max_files"] == 3
+    assert models["limits"]["max_request_megapixels"] == LIMITS.max_request_megapixels
     assert client.get("/healthz").json() == {"status": "ok"}
     page = client.get("/")
     assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
@@ -131,6 +134,9 @@ BAD_REQUESTS = {  # name: (request arguments, status, words the error must conta
                         "larger than 1 MB"),
     "decompression bomb": ("bomb", 413, "bomb.png: image too large"),
     "over max megapixels": ("large", 413, "large.png: image too large (3000 x 2000 pixels"),
+    "over max request megapixels": ("two large", 413, "request too large: 2 photo(s) of 7.2 megapixels in all as "
+                                                      "decoded, over 6 (--max-request-megapixels)"),
+    "format not accepted": ("bmp", 415, "pair.bmp: BMP images are not accepted; send JPEG, PNG, WebP"),
     "wrong field name": (dict(files=[("image", ("pair.png", b"", "image/png"))]), 422,
                          "field 'image': unexpected; send photos in the field 'files'"),
     "text in the field": (dict(files=[("files", ("pair.png", b"", "image/png"))], data={"files": "hello"}), 422,
@@ -145,12 +151,14 @@ BAD_REQUESTS = {  # name: (request arguments, status, words the error must conta
 def test_a_bad_request_gets_a_4xx_naming_what_is_wrong_and_the_next_good_one_works(client, pair, case):
     request, status, words = BAD_REQUESTS[case]
     if isinstance(request, str):
-        data = {"truncated": pair[: len(pair) // 2], "bomb": png_claiming(50_000, 50_000),
-                "large": png_claiming(3000, 2000)}[request]
-        name = {"truncated": "cut.png", "bomb": "bomb.png", "large": "large.png"}[request]
+        bmp = io.BytesIO()
+        Image.open(io.BytesIO(pair)).save(bmp, format="BMP")
+        files = {"truncated": [("cut.png", pair[: len(pair) // 2])], "bomb": [("bomb.png", png_claiming(50_000, 50_000))],
+                 "large": [("large.png", png_claiming(3000, 2000))], "bmp": [("pair.bmp", bmp.getvalue())],
+                 "two large": [(f"large{i}.png", png_claiming(2000, 1800)) for i in range(2)]}[request]
         if request == "bomb":
-            assert len(data) < 512 * 1024  # small on the wire, 2.5 gigapixels once decoded
-        request = dict(files=[("files", (name, data, "image/png"))])
+            assert len(files[0][1]) < 512 * 1024  # small on the wire, 2.5 gigapixels once decoded
+        request = dict(files=[("files", (name, data, "image/png")) for name, data in files])
     answer = client.post("/v1/detect", **request)
     assert answer.status_code == status, answer.text
     assert words in answer.json()["detail"]
@@ -189,11 +197,14 @@ def test_the_cli_serves_on_loopback_by_default(project, monkeypatch):
     import maskcls.serve
 
     started = {}
-    monkeypatch.setattr(maskcls.serve, "serve", lambda checker, limits, host, port, announce: started.update(
-        host=host, port=port, limits=limits, engine=checker.settings.runtime))
+    monkeypatch.setattr(maskcls.serve, "listen", lambda host, port: started.update(host=host, port=port) or "socket")
+    monkeypatch.setattr(maskcls.serve, "serve", lambda checker, limits, sock, announce: started.update(
+        sock=sock, limits=limits, engine=checker.settings.runtime))
     result = run("serve", "--project", project, "--max-files", 5)
     assert result.exit_code == 0, result.output
-    assert started == {"host": "127.0.0.1", "port": 8000, "limits": ServeLimits(max_files=5), "engine": "torch"}
+    assert started == {"host": "127.0.0.1", "port": 8000, "sock": "socket", "limits": ServeLimits(max_files=5),
+                       "engine": "torch"}
+    assert result.stderr == ""  # loopback: no warning
 
 
 def test_the_server_answers_on_loopback_and_stops_cleanly_on_sigterm(project):
@@ -219,3 +230,122 @@ def test_the_server_answers_on_loopback_and_stops_cleanly_on_sigterm(project):
             server.kill()
     assert server.returncode == 0, output
     assert f"http://127.0.0.1:{port}/" in output and "Finished server process" in output
+
+
+# ------------------------------------------------------------------------------- bounded memory
+
+def test_an_eps_upload_is_refused_before_any_decoder_runs(client, monkeypatch):
+    from PIL import EpsImagePlugin
+
+    monkeypatch.setattr(EpsImagePlugin, "Ghostscript", lambda *a, **k: pytest.fail("Ghostscript started"))
+    eps = b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 100 100\n%%EndComments\nshowpage\n%%EOF\n"
+    answer = client.post("/v1/detect", files=[("files", ("figure.eps", eps, "application/postscript"))])
+    assert answer.status_code == 415 and answer.json()["detail"].startswith("figure.eps: EPS images are not accepted")
+
+
+def test_a_request_decodes_under_the_lock_and_keeps_no_image(project, pair, monkeypatch):
+    """One request's photos in memory at a time, none after its answer, and the heap trimmed after a large one."""
+    import gc
+    import weakref
+
+    import maskcls.serve as serve_module
+    from maskcls.serve import Service, Upload
+
+    runs = {task: [project / task / "exp"] for task in SPECIALISTS}
+    service = Service(FaceChecker.create(load_specialists(runs), SETTINGS), LIMITS)
+    decoded, trimmed = [], []
+
+    def spy(*args, **kwargs):
+        photo = real_decode(*args, **kwargs)
+        decoded.append((service.lock.locked(), weakref.ref(photo.image)))
+        return photo
+
+    real_decode = serve_module.decode_photo
+    monkeypatch.setattr(serve_module, "decode_photo", spy)
+    monkeypatch.setattr(serve_module, "release_memory", lambda: trimmed.append(True))
+    monkeypatch.setattr(serve_module, "TRIM_MEGAPIXELS", 0.1)
+    answer = service.detect([Upload("a.png", pair), Upload("b.png", pair)])
+    assert [len(photo["faces"]) for photo in answer["photos"]] == [2, 2]
+    gc.collect()
+    assert [locked for locked, _ in decoded] == [True, True]
+    assert all(image() is None for _, image in decoded)  # nothing of the request's images lingers
+    assert trimmed == [True]
+
+
+def test_release_memory_runs_here():
+    from maskcls.serve import release_memory
+
+    release_memory()  # glibc's malloc_trim on Linux, nothing elsewhere: never an error
+
+
+def test_a_large_jpeg_is_answered_in_its_own_pixels(project, pair):
+    """A JPEG over --max-side decodes at a reduced scale; the answer's size and boxes are the photo's own."""
+    runs = {task: [project / task / "exp"] for task in SPECIALISTS}
+    checker = FaceChecker.create(load_specialists(runs), DetectSettings(min_face_size=32, max_side=400))
+    big = Image.open(io.BytesIO(pair)).resize((1600, 1000), Image.BICUBIC)  # decodes at 1/4: 400 x 250
+    data = io.BytesIO()
+    big.save(data, format="JPEG", quality=95)
+    with TestClient(create_app(checker, ServeLimits(max_request_megapixels=0.2))) as client:
+        answer = client.post("/v1/detect", files=[("files", ("big.jpg", data.getvalue(), "image/jpeg"))])
+    assert answer.status_code == 200, answer.text  # 1.6 megapixels on the wire, 0.1 as decoded
+    photo = answer.json()["photos"][0]
+    assert (photo["width"], photo["height"]) == (1600, 1000) and len(photo["faces"]) == 2
+    for face, offset in zip(photo["faces"], (0, 800)):  # each box on its half, in the photo's pixels
+        assert offset <= face["x1"] < face["x2"] <= offset + 800 and face["x2"] - face["x1"] > 150
+
+
+# ------------------------------------------------------------------------------- messages
+
+def test_a_busy_port_fails_in_one_line_before_the_models_load_and_without_a_url(project, monkeypatch):
+    import maskcls.detect
+
+    monkeypatch.setattr(maskcls.detect, "load_specialists", lambda *a, **k: pytest.fail("the models loaded"))
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = run("serve", "--project", project, "--port", port)
+    assert result.exit_code == 1
+    assert result.stderr.strip() == f"error: cannot listen on 127.0.0.1 port {port}: Address already in use (--host, --port)"
+    assert "http://" not in result.output
+
+
+def test_a_host_open_to_the_network_gets_a_one_line_warning(project, monkeypatch):
+    import maskcls.serve
+
+    started = {}
+    monkeypatch.setattr(maskcls.serve, "serve", lambda checker, limits, sock, announce: started.update(
+        address=sock.getsockname()) or sock.close())
+    result = run("serve", "--project", project, "--host", "0.0.0.0", "--port", 0)
+    assert result.exit_code == 0, result.output
+    assert result.stderr == "warning: --host 0.0.0.0: the API has no authentication and is open to the network\n"
+    assert started["address"][0] == "0.0.0.0" and started["address"][1] > 0  # port 0: a free one
+
+
+@pytest.mark.parametrize("option, value, code, words", [
+    ("--port", 70000, 2, "'--port': Input should be less than or equal to 65535"),
+    ("--port", -1, 2, "'--port': Input should be greater than or equal to 0"),
+    ("--max-upload-mb", -1, 2, "'--max-upload-mb': Input should be greater than or equal"),
+    ("--max-upload-mb", 0, 1, "error: max_upload_mb must be above 0, got 0.0"),
+    ("--max-files", 0, 2, "'--max-files': Input should be greater than or equal to 1"),
+    ("--max-megapixels", 0, 1, "error: max_megapixels must be above 0"),
+    ("--max-request-megapixels", -5, 2, "'--max-request-megapixels': Input should be greater than"),
+])
+def test_serve_options_out_of_range_are_refused_before_any_work(project, monkeypatch, option, value, code, words):
+    import maskcls.serve
+
+    monkeypatch.setattr(maskcls.serve, "listen", lambda *a: pytest.fail("bound a socket"))
+    result = run("serve", "--project", project, option, value)
+    assert result.exit_code == code and words in result.output, result.output
+
+
+def test_run_names_are_the_folder_under_the_task_never_a_path(tmp_path):
+    from maskcls.serve import run_name
+
+    for folder in ("runs/age/ens/member0", "runs/mask/exp", "elsewhere/best_mask"):
+        (tmp_path / folder).mkdir(parents=True)
+    (tmp_path / "runs/mask/exp/best.pt").write_bytes(b"")
+    assert run_name(tmp_path / "runs/age/ens/member0", "age") == "ens/member0"
+    assert run_name(tmp_path / "runs/mask/exp", "mask") == "exp"
+    assert run_name(tmp_path / "runs/mask/exp/best.pt", "mask") == "exp"
+    assert run_name(tmp_path / "elsewhere/best_mask", "mask") == "best_mask"

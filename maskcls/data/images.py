@@ -26,18 +26,21 @@ OPAQUE = ("1", "L", "P", "RGB", "CMYK", "YCbCr")  # what Pillow's convert("RGB")
 WHITE = (255, 255, 255)  # transparent pixels show as on a white page
 
 
-def open_rgb(path: str | Path | BinaryIO, name: str | None = None) -> Image.Image:
+def open_rgb(path: str | Path | BinaryIO, name: str | None = None, min_side: int = 0) -> Image.Image:
     """The image as 8-bit RGB (see ``to_rgb``; EXIF orientation applied). ``path`` may be an open binary file (an
-    upload held in memory); errors call it ``name`` (default: ``path``)."""
-    return _open(path, name)[0]
+    upload held in memory); errors call it ``name`` (default: ``path``). ``min_side``: a JPEG is decoded smaller
+    as long as its longer side stays at least this (:func:`reduce_jpeg`)."""
+    return _open(path, name, min_side)[0]
 
 
 def open_bounded(path: str | Path | BinaryIO, max_side: int,
                  name: str | None = None) -> tuple[Image.Image, tuple[int, int]]:
     """(the image shrunk so that its longer side is at most ``max_side``, the size of the image itself): a bounded
-    copy to detect faces on. A JPEG is decoded at reduced size first (Pillow's ``draft``: 1/2, 1/4 or 1/8), so a
-    huge photo never takes its full size in memory. An image within ``max_side`` is exactly ``open_rgb``'s."""
-    return _open(path, name, max_side)
+    copy to detect faces on. A JPEG is decoded at reduced size first (:func:`reduce_jpeg`), so a huge photo never
+    takes its full size in memory. An image within ``max_side`` is exactly ``open_rgb``'s."""
+    image, size = _open(path, name, max_side)
+    target = bounded_size(size, max_side)
+    return (image if image.size == target else image.resize(target, Image.BILINEAR)), size
 
 
 def bounded_size(size: tuple[int, int], max_side: int) -> tuple[int, int]:
@@ -48,17 +51,15 @@ def bounded_size(size: tuple[int, int], max_side: int) -> tuple[int, int]:
     return max(1, round(size[0] * scale)), max(1, round(size[1] * scale))
 
 
-def _open(path, name, max_side: int | None = None) -> tuple[Image.Image, tuple[int, int]]:
+def _open(path, name, min_side: int = 0) -> tuple[Image.Image, tuple[int, int]]:
+    """(the image as ``open_rgb`` returns it, the size of the image itself, EXIF-rotated)."""
     name = path if name is None else name
     try:
         with Image.open(path, formats=ACCEPTED_FORMATS) as image:
-            stored = image.size
-            size = stored[::-1] if image.getexif().get(0x0112) in (5, 6, 7, 8) else stored  # EXIF turns it
-            target = bounded_size(size, max_side) if max_side else size
-            if target != size:
-                image.draft(None, bounded_size(stored, max_side))  # JPEG only; at least the size asked for
-            image = to_rgb(ImageOps.exif_transpose(image), name)
-            return (image if image.size == target else image.resize(target, Image.BILINEAR)), size
+            turned = image.getexif().get(0x0112) in (5, 6, 7, 8)  # EXIF turns it by 90 degrees
+            size = image.size[::-1] if turned else image.size
+            reduce_jpeg(image, min_side)
+            return to_rgb(ImageOps.exif_transpose(image), name), size
     except FileNotFoundError:
         raise DataError(f"{name}: image file is missing") from None
     except Image.DecompressionBombError as err:  # raised from the header, before any pixel is decoded
@@ -72,6 +73,18 @@ def _open(path, name, max_side: int | None = None) -> tuple[Image.Image, tuple[i
         raise
     except Exception as err:  # PIL raises many types for bad files
         raise DataError(f"{name}: image does not decode ({type(err).__name__}: {err})") from None
+
+
+def reduce_jpeg(image: Image.Image, min_side: int) -> int:
+    """Have ``image`` (opened, not loaded) decode at the smallest of 1, 1/2, 1/4 or 1/8 scale whose longer side is
+    still at least ``min_side`` (0: full size), and return that scale's divisor. Only a JPEG can (libjpeg scales
+    while it decodes, through Pillow's ``draft``); its ``size`` then says the smaller size. Reads no pixel."""
+    width, height = image.size
+    longest = max(width, height)
+    if not min_side or longest <= min_side:
+        return 1
+    drafted = image.draft(image.mode, (min_side, 1) if width >= height else (1, min_side))  # the longer side
+    return 1 if drafted is None else round(width / drafted[1][2])  # drafted: (mode, box of the original / scale)
 
 
 def sniff_format(path: str | Path | BinaryIO) -> str | None:
