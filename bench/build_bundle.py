@@ -30,8 +30,7 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import f1_score
 
-if __package__ in (None, ""):  # run as `python bench/build_bundle.py`: the repo root, for `bench.common`
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root: `python bench/build_bundle.py`
 
 from bench.common import SHARED_DATA, crop_all, maskcls  # noqa: E402
 from bench.generalise import present_f1_draws  # noqa: E402

@@ -12,12 +12,14 @@ A sample, not a benchmark: nothing is tuned on it. Skips cleanly when the photos
 """
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import pandas as pd
 
-from maskcls.data.images import open_rgb
-from peers import SHARED, Ours, Peer, parse_args  # bench/peers.py (bench/ is on the path)
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root: `python bench/photos.py`
+from bench.peers import SHARED, Ours, Peer, parse_args  # noqa: E402
+from maskcls.data.images import open_rgb  # noqa: E402
 
 MIN_IOU = 0.3
 
