@@ -9,6 +9,7 @@ import torch
 from .config import Config, config_from_dict
 from .errors import CheckpointError
 from .io import atomic_path
+from .tasks import get_task
 
 
 def save_checkpoint(path: Path, **state) -> None:
@@ -28,6 +29,31 @@ def load_checkpoint(path: Path) -> dict:
 
 def checkpoint_config(state: dict) -> Config:
     return config_from_dict(state["config"])
+
+
+def training_state(model, optimizer, scheduler, scaler, epoch: int, best_f1: float, config: Config,
+                   mean, std, metrics: dict) -> dict:
+    """What ``last.pt`` and ``best.pt`` hold after ``epoch``: the state dicts a resume continues from (``model``
+    unwrapped from DDP), and the plain data inference needs (config, class names, normalisation)."""
+    return {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+            "scaler": scaler.state_dict(), "epoch": epoch, "best_f1": best_f1, "config": config.to_dict(),
+            "class_names": list(get_task(config.task).class_names), "mean": list(mean), "std": list(std),
+            "metrics": {k: v for k, v in metrics.items() if v is not None}}
+
+
+def restore_training_state(state: dict, model, optimizer, scheduler, scaler) -> tuple[int, float]:
+    """Load a :func:`training_state` into the training objects; returns (the epoch to start at, the best val F1
+    so far)."""
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    scaler.load_state_dict(state["scaler"])
+    return epochs_done(state), state["best_f1"]
+
+
+def epochs_done(state: dict) -> int:
+    """How many epochs the run had trained when ``state`` was saved."""
+    return state["epoch"] + 1
 
 
 def claim_run_dir(project: Path, task: str, name: str = "") -> Path:

@@ -297,14 +297,15 @@ def build_datasets(config: Config, mean, std) -> TrainData:
 
 def fit(config: Config, resume: Path | None = None) -> Path:
     """Train ``config.task`` and return the run folder; with ``resume``, continue from its last.pt."""
-    from .checkpoint import claim_run_dir, load_checkpoint, save_checkpoint
+    from .checkpoint import (claim_run_dir, epochs_done, load_checkpoint, restore_training_state, save_checkpoint,
+                             training_state)
     from .run_log import RunLog
 
     task = get_task(config.task)
     engine = Engine.from_config(config)
     seed_everything(config.seed)
     state = load_checkpoint(Path(resume) / "last.pt") if resume else None
-    if state is not None and state["epoch"] + 1 >= config.epochs:  # finished: nothing to load or preload
+    if state is not None and epochs_done(state) >= config.epochs:  # finished: nothing to load or preload
         if engine.is_main:
             print(f"{resume}: all {config.epochs} epochs are done; nothing to resume", flush=True)
         engine.close()
@@ -332,11 +333,7 @@ def fit(config: Config, resume: Path | None = None) -> Path:
         run_dir = engine.broadcast(claimed)
     start_epoch, best_f1 = 0, -1.0
     if state is not None:
-        _unwrap(model).load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        engine.scaler.load_state_dict(state["scaler"])
-        start_epoch, best_f1 = state["epoch"] + 1, state["best_f1"]
+        start_epoch, best_f1 = restore_training_state(state, _unwrap(model), optimizer, scheduler, engine.scaler)
     if engine.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         save_config(config, run_dir / "config.yaml")
@@ -361,11 +358,8 @@ def fit(config: Config, resume: Path | None = None) -> Path:
             best_f1 = max(best_f1, val["val_f1"])
         loss_fn.to(engine.device)
         if engine.is_main:
-            checkpoint = {"model": _unwrap(model).state_dict(), "optimizer": optimizer.state_dict(),
-                          "scheduler": scheduler.state_dict(), "scaler": engine.scaler.state_dict(),
-                          "epoch": epoch, "best_f1": best_f1, "config": config.to_dict(),
-                          "class_names": list(task.class_names), "mean": list(mean), "std": list(std),
-                          "metrics": {k: v for k, v in row.items() if v is not None}}
+            checkpoint = training_state(_unwrap(model), optimizer, scheduler, engine.scaler, epoch, best_f1, config,
+                                        mean, std, metrics=row)
             if improved:
                 save_checkpoint(run_dir / "best.pt", **checkpoint)
                 if val_loader is not None:
