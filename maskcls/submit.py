@@ -22,12 +22,11 @@ from .config import Config
 from .data import NUM_CLASSES, DataError, class_name, read_eval_images
 from .data.dataset import build_dataset
 from .engine import pick_device
-from .infer import (Run, build_views, image_table, inference_engine, inference_model, load_run,
-                    predict_probs, predict_probs_and_age, tta_views)
+from .infer import Run, build_views, image_table, inference_engine, inference_model, load_run, predict, tta_views
 from .io import atomic_path, atomic_write_text, is_main_process, note_path
 from .runs import run_home
 from .tasks import SPECIALISTS
-from .years import AGE_COLUMN, reports_age
+from .years import AGE_COLUMN
 
 VOTES = ("soft", "hard")  # soft: mean probability; hard: majority of each run's argmax
 KEY_COLUMNS = {"eval": "ImageID", "val": "path"}
@@ -57,8 +56,8 @@ def vote(probs: np.ndarray, how: str = "soft") -> np.ndarray:
 
 def predict_run(run: Run, split: str, data_dir: str | Path, tta: bool = False, device: str = "auto",
                 runtime: str = "torch", skip: Collection[str] = ()) -> pd.DataFrame:
-    """One run's table: key column, ``p0..``, and for val ``target``/``label``; without the images ``skip`` lists
-    (their paths)."""
+    """One run's table: key column, ``p0..`` (and ``age_years`` for a year head), and for val ``target``/``label``;
+    without the images ``skip`` lists (their paths)."""
     if split == "val" and run.config.val != "fold":
         raise DataError(f"{run.run_dir}: trained on everyone (val={run.config.val}): it has no validation people")
     config = dataclasses.replace(run.config, data_dir=str(data_dir))  # crops and caches follow the data
@@ -69,13 +68,9 @@ def predict_run(run: Run, split: str, data_dir: str | Path, tta: bool = False, d
     model, desc = inference_model(run, runtime), f"{config.task} {split} {run.run_dir.name}"
     engine = inference_engine(config, device)
     table = rows.drop(columns="file")
-    if reports_age(model):  # age_target=years: the expected age in years too, from the same pass
-        probs, ages = predict_probs_and_age(model, dataset, engine, views, config.batch_size, desc)
-        table.insert(1, AGE_COLUMN, ages)
-    else:
-        probs = predict_probs(model, dataset, engine, views, config.batch_size, desc=desc)
-    for k in range(probs.shape[1]):
-        table.insert(1 + k, f"p{k}", probs[:, k])
+    columns = predict(model, dataset, engine, views, config.batch_size, desc).columns()  # p0.., age_years
+    for k, (column, values) in enumerate(columns.items()):
+        table.insert(1 + k, column, values)
     return table
 
 
