@@ -242,8 +242,7 @@ DeviceName = Annotated[str, typer.Option(help="auto | cpu | cuda | mps.")]
 
 
 def _specialist_runs(mask, age, gender, project: Path, which: str) -> dict[str, list[Path]]:
-    from .runs import expand_runs
-    from .submit import newest_run
+    from .runs import expand_runs, newest_run
 
     chosen = {"mask": mask, "age": age, "gender": gender}
     return {task: expand_runs(given or [newest_run(project, task, which)]) for task, given in chosen.items()}
@@ -264,8 +263,8 @@ def predict(
                                                     "(maskcls export onnx).")] = EngineName.torch,
 ):
     """Write per-image class probabilities of one task's runs to a CSV (and a JSON note beside it)."""
+    from .predictions import default_output, predict_runs, write_predictions
     from .runs import expand_runs
-    from .submit import default_output, predict_runs, write_predictions
 
     runs = expand_runs(runs)
     table, note = predict_runs(runs, split.value, data_dir, tta, vote.value, which.value, device, task.value,

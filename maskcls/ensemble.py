@@ -15,7 +15,7 @@ import dataclasses
 from pathlib import Path
 
 from .config import Config, ConfigError, save_config
-from .runs import member_dir
+from .runs import member_dir, run_status
 
 
 def member_config(config: Config, member: int, ensemble_dir: Path) -> Config:
@@ -53,10 +53,8 @@ def train_ensemble(config: Config, resume: Path | None = None) -> Path:
 
 
 def member_statuses(ensemble_dir: Path, members: list[tuple[Config, Path]]) -> list[str]:
-    """Each member's ``new`` / ``unfinished`` / ``finished`` (:func:`maskcls.cv.run_status`); a member trained
+    """Each member's ``new`` / ``unfinished`` / ``finished`` (:func:`maskcls.runs.run_status`); a member trained
     with other settings, or a single run already in the folder, is an error."""
-    from .cv import run_status
-
     if (ensemble_dir / "last.pt").is_file():
         raise ConfigError(f"{ensemble_dir}: holds a single run (last.pt), not an ensemble; pass another name=")
     return [run_status(run_dir, run_config) for run_config, run_dir in members]

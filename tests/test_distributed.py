@@ -20,7 +20,7 @@ from maskcls.data.sample import make_sample_dataset
 from maskcls.data.samplers import DistributedWeightedSampler, ShardedSampler
 from maskcls.engine import Engine, build_datasets, evaluate, predict_logits
 from maskcls.losses import build_loss
-from maskcls.submit import predict_runs, write_predictions
+from maskcls.predictions import predict_runs, write_predictions
 from maskcls.tasks import get_task
 
 TINY = ["backbone=test_efficientnet", "pretrained=none", "crop=none", "img_size=32", "batch_size=16", "workers=0",

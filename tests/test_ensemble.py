@@ -16,8 +16,10 @@ from maskcls.config import ConfigError, load_config
 from maskcls.cv import run_cv
 from maskcls.data import DataError
 from maskcls.ensemble import train_ensemble
-from maskcls.runs import expand_runs, run_home
-from maskcls.submit import load_run, newest_run, predict_run
+from maskcls.infer import load_run
+from maskcls.predictions import predict_run
+from maskcls.runs import expand_runs, newest_run, run_home
+
 
 @pytest.fixture(scope="module")
 def gender_ensemble(tiny_faces, tmp_path_factory):

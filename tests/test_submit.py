@@ -22,7 +22,7 @@ from maskcls.config import ConfigError, load_config
 from maskcls.data import DEFAULT_AGE_BOUNDS, age_band, decode, load_train, read_eval_images
 from maskcls.engine import Engine
 from maskcls.infer import Prediction, build_views, predict, tta_views
-from maskcls.submit import vote
+from maskcls.predictions import vote
 
 runner = CliRunner()
 TINY = ["backbone=test_efficientnet", "pretrained=none", "crop=none", "img_size=32", "batch_size=8", "folds=3", "preload=false"]
@@ -240,7 +240,7 @@ def _project_of(runs, tmp_path):
 
 def test_one_undecodable_eval_image_fails_by_default_and_falls_back_when_asked(runs, dataset_copy, tmp_path,
                                                                                monkeypatch):
-    import maskcls.submit as submit_module
+    import maskcls.predictions as predictions_module
 
     ids = read_eval_images(dataset_copy)["ImageID"].tolist()
     broken = dataset_copy / "eval" / "images" / ids[2]
@@ -252,8 +252,8 @@ def test_one_undecodable_eval_image_fails_by_default_and_falls_back_when_asked(r
     assert f"{broken}: image does not decode" in result.stderr and not out.exists()
 
     batches = []  # the readable images are still predicted together, one dataset per task and run
-    real = submit_module.predict
-    monkeypatch.setattr(submit_module, "predict", lambda model, dataset, *a, **k:
+    real = predictions_module.predict
+    monkeypatch.setattr(predictions_module, "predict", lambda model, dataset, *a, **k:
                         batches.append(len(dataset)) or real(model, dataset, *a, **k))
     result = run("submit", "--project", project, "--data-dir", dataset_copy, "--out", out, "--on-bad-image", "fallback")
     assert result.exit_code == 0, result.output
