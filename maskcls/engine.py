@@ -1,6 +1,6 @@
 """One engine for every task: the Engine owns device, precision, seeding, loaders and distribution (torchrun);
-``train_one_epoch``, ``evaluate`` and ``fit`` are plain functions. Nothing here branches on the task: a task is
-its config, and the loop never branches on distribution: Engine methods hide it (docs/distributed.md).
+``train_one_epoch``, ``validate_one_epoch`` and ``fit`` are plain functions. Nothing here branches on the task: a
+task is its config, and the loop never branches on distribution: Engine methods hide it (docs/distributed.md).
 """
 from __future__ import annotations
 
@@ -227,7 +227,7 @@ def predict_logits(model, loader, engine: Engine, desc: str = "predict") -> tupl
     return engine.gather(loader, torch.cat(logits), torch.cat(targets))
 
 
-def evaluate(model, loader, loss_fn, engine: Engine, num_classes: int) -> dict:
+def validate_one_epoch(model, loader, loss_fn, engine: Engine, num_classes: int) -> dict:
     """Loss, macro F1 and accuracy over the whole set (never averaged per batch), plus the predictions."""
     logits, targets = predict_logits(model, loader, engine, desc="val")
     preds = logits.argmax(1).numpy()
@@ -352,7 +352,7 @@ def fit(config: Config, resume: Path | None = None) -> Path:
                                                            mix=mix)}
         improved = val_loader is None
         if val_loader is not None:
-            val = evaluate(model, val_loader, loss_fn, engine, task.num_classes)
+            val = validate_one_epoch(model, val_loader, loss_fn, engine, task.num_classes)
             row.update({k: val[k] for k in ("val_loss", "val_f1", "val_acc")})
             improved = val["val_f1"] > best_f1  # higher is better
             best_f1 = max(best_f1, val["val_f1"])
