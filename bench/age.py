@@ -1,6 +1,6 @@
-"""Break the age wall (issue 16): band vs years target, 0 / 2,000 / 6,000 extra faces, on the dev eval.
+"""The age head and extra faces: band vs years target, 0 / 2,000 / 6,000 extra faces, on the dev eval.
 
-    python bench/age.py                 # the full budget (bench/quality.py's), crops cached first
+    python bench/age.py                 # the full budget (configs/' sizes and epochs), crops cached first
     python bench/age.py --quick         # a few minutes a row
     python bench/age.py --rows band:0,years:0,years:6000 --sigma 2
 
@@ -30,8 +30,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from quality import budget as recipe_budget, crop_all, finished_run, maskcls, recipe_hash  # noqa: E402  the same budgets and command runner
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root: `python bench/age.py`
+from bench.common import budget as recipe_budget, config_hash, crop_all, finished_run, maskcls  # noqa: E402
 
 from maskcls.data import load_train, split_images  # noqa: E402
 from maskcls.data.labels import decode  # noqa: E402
@@ -65,7 +65,7 @@ def main() -> None:
     parser.add_argument("--sigma", type=float, default=2.0, help="age_sigma of the years rows (DLDL's Gaussian)")
     parser.add_argument("--years-age-bounds", default="30,60", help="age_bounds of the years rows")
     parser.add_argument("--band-age-bounds", default="30,59", help="age_bounds of the band rows (the winners' edge)")
-    parser.add_argument("--quick", action="store_true", help="bench/quality.py's quick budget")
+    parser.add_argument("--quick", action="store_true", help="a smoke budget (bench/common.py's QUICK)")
     parser.add_argument("--project", type=Path, default=Path("runs/age_bench"))
     parser.add_argument("--backbone", default="tf_efficientnet_lite0")
     parser.add_argument("--pretrained", default="efficientnet-lite0")
@@ -103,10 +103,11 @@ def main() -> None:
         head = {"years": ["age_target=years", f"age_sigma={args.sigma}", f"age_bounds={args.years_age_bounds}"],
                 "band": ["age_target=band", "age_sigma=0", f"age_bounds={args.band_age_bounds}"]}[target] \
             if task == "age" else []  # every row says its head: configs/age.yaml ships the year head
+        items = [*common, *extra, *head, f"img_size={size}", f"epochs={epochs}"]
         name = (f"{task}-{target}-x{extra_faces}-{size}px-e{epochs}-s{args.seed}"
-                f"{f'-sd{args.sigma:g}' if target == 'years' else ''}-{recipe_hash(task)}")
+                f"{f'-sd{args.sigma:g}' if target == 'years' else ''}-{config_hash(task, items, digits=6)}")
         run = project / task / name
-        seconds[run] = finished_run(task, run, epochs, [*common, *extra, *head, f"img_size={size}", f"epochs={epochs}"])
+        seconds[run] = finished_run(task, run, epochs, items)
         return run
 
     truth_table = pd.read_csv(labels_csv, dtype={"person": str})

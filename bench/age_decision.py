@@ -1,4 +1,4 @@
-"""A calibrated band decision on top of an age model (issue 16): fitted on out-of-fold tables, scored on eval sets.
+"""A calibrated band decision on top of an age model: fitted on out-of-fold tables, scored on eval sets.
 
     python bench/age_decision.py --run runs/age/cv              # a CV folder: fitted on its oof.csv
     python bench/age_decision.py --run runs/age/exp             # a run: fitted on its validation people
@@ -38,8 +38,8 @@ import numpy as np
 import pandas as pd
 import yaml
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from quality import maskcls  # noqa: E402  the command runner
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root: `python bench/age_decision.py`
+from bench.common import maskcls  # noqa: E402
 
 from maskcls.bias import BIAS_GRID, log_scores  # noqa: E402
 from maskcls.config import config_from_dict  # noqa: E402

@@ -1,6 +1,6 @@
 """Does `maskcls audit` find planted label errors? And do its suggested fixes help?
 
-    python bench/audit.py                      # ../shared/data/faces; the budget below (~2.5 h on a 2-core CPU)
+    python bench/audit.py                      # ../shared/data/faces; the budget below (~30 min on a 2-core CPU)
     python bench/audit.py --quick              # 64 px, one epoch, 3 folds: a smoke run
     python bench/audit.py --extra ../shared/data/extra_faces   # the gender judges also learn from 6,000 more faces
     python bench/audit.py --extra ../shared/data/extra_faces --set gender.backbone=tf_efficientnet_lite2 \
@@ -36,7 +36,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from quality import DEFAULT_DATA, crop_all, finished_run, maskcls  # bench/quality.py: the same command runner
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root: `python bench/audit.py`
+from bench.common import DEFAULT_DATA, crop_all, finished_run, maskcls  # noqa: E402
 
 # Per-model budget on a 2-core CPU with cached crops: ~65 train images/s at 96 px, 4480 train images a fold
 # (4/5 of 5600), 2 epochs -> ~140 s a fold, 5 folds x 2 tasks ~25 min plus out-of-fold prediction; the

@@ -20,9 +20,10 @@ from pathlib import Path
 import httpx
 from PIL import Image
 
-from serve_load import DEFAULT_DATA, Server
-from maskcls.detect import MASK_COLOURS
-from maskcls.tasks import SPECIALISTS
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root: `python bench/browser_check.py`
+from bench.serve_load import DEFAULT_DATA, Server  # noqa: E402
+from maskcls.detect import MASK_COLOURS  # noqa: E402
+from maskcls.tasks import SPECIALISTS  # noqa: E402
 
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
          "--disable-sync", "--no-first-run", "--disable-dev-shm-usage"]

@@ -1,7 +1,7 @@
 """A K-fold ensemble of each specialist against one fold at the same per-model budget, and the bias tuned on
 out-of-fold predictions (every training person) against the bias tuned on one fold's validation people.
 
-    python bench/cv_quality.py            # bench/quality.py's full budget per model, 5 folds (~5x its training)
+    python bench/cv_quality.py            # configs/' sizes and epochs per model, 5 folds (~5x their training)
     python bench/cv_quality.py --quick    # its quick budget, 3 folds
     python bench/cv_quality.py --data sample_data/faces --backbone test_efficientnet --pretrained none --crop none --quick
 
@@ -15,13 +15,16 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from quality import DEFAULT_DATA, budget as recipe_budget, crop_all, epochs_seconds, maskcls, recipe_hash  # bench/quality.py
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root: `python bench/cv_quality.py`
+from bench.common import (DEFAULT_DATA, budget as recipe_budget, config_hash, crop_all, epochs_seconds,  # noqa: E402
+                          maskcls)
 
 TASKS = ("mask", "age", "gender")  # combine's order
 
@@ -58,9 +61,10 @@ def main() -> None:
     cvs, seconds = {}, {}
     for task in TASKS:
         size, epochs = budget["img_size"][task], budget["epochs"][task]
-        name = f"cv{folds}-{size}px-e{epochs}-s{args.seed}-{recipe_hash(task)}"
+        items = [*common, f"img_size={size}", f"epochs={epochs}"]
+        name = f"cv{folds}-{size}px-e{epochs}-s{args.seed}-{config_hash(task, items, digits=6)}"
         cvs[task] = project / task / name
-        maskcls("cv", task, *common, f"img_size={size}", f"epochs={epochs}", f"name={name}", "--tta")
+        maskcls("cv", task, *items, f"name={name}", "--tta")
         seconds[task] = [epochs_seconds(cvs[task] / f"fold{k}") for k in range(folds)]
 
     # biases: on the out-of-fold tables, and on fold 0's own validation predictions

@@ -1,6 +1,7 @@
-"""How the specialists generalise: the dev eval and a set from another source, side by side.
+"""How the specialists generalise: the dev eval and a set from another source, side by side. The release check.
 
     python bench/generalise.py                                   # the recipe in configs/, as a user gets it
+    python bench/generalise.py --joint                           # and the one 18-class model of configs/joint.yaml
     python bench/generalise.py --recipe robust augment+=downscale,blur,jpeg   # a candidate: overrides on top
     python bench/generalise.py --runs mask=runs/mask/exp age=runs/age/exp gender=runs/gender/exp  # score runs
     python bench/generalise.py --runs mask=M age=A gender=G1,G2,G3  # a task's runs voted (a seed ensemble)
@@ -8,11 +9,12 @@
     python bench/generalise.py --rescore                         # the last invocation's submissions, scored again
     python bench/generalise.py --project runs/a --rescore runs/b  # two invocations' submissions, paired against a's first
 
-For each recipe it trains the three specialists with `maskcls train` (configs/<task>.yaml plus the recipe's
-overrides; a run is reused when its name, which carries a hash of the YAML and overrides, already holds a
-finished run), submits with TTA on `../shared/data/faces` (dev eval) and on `../shared/data/ood_ffhq`
-(FFHQ faces with MaskedFace-Net masks: no `not wear` class, age and gender are a face API's estimates),
-and prints one table per set: mask, gender and age-band macro F1 and the 18-class macro F1, each over the
+First it fills the face-crop caches of both sets (and of every extra_data folder a recipe trains on) for every
+detector the recipes crop with, so no run detects on the fly. For each recipe it trains the three specialists
+with `maskcls train` (configs/<task>.yaml plus the recipe's overrides; a run is reused when its name, which
+carries a hash of the resolved config, already holds a finished run), submits with TTA on `../shared/data/faces`
+(dev eval) and on `../shared/data/ood_ffhq` (FFHQ faces with MaskedFace-Net masks: no `not wear` class, age and
+gender are a face API's estimates), and prints one table per set: mask, gender and age-band macro F1 and the 18-class macro F1, each over the
 classes that occur in that set's labels, with 95 % intervals from a bootstrap over whole people; then the
 gender and mask F1 within each true age band (where a set's errors sit).
 Skips cleanly when a dataset is absent.
@@ -23,9 +25,9 @@ A recipe override is `key=value` (replaces the config's value) or `key+=a,b` (ap
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -33,14 +35,15 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import f1_score
 
-from maskcls.config import CONFIG_DIR, load_config
-from maskcls.data.labels import decode
-from maskcls.evaluate import read_answers
-from maskcls.metrics import bootstrap_macro_f1
-from quality import crop_all, epochs_seconds, finished_run, maskcls  # bench/quality.py's runner (bench/ is on the path)
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root: `python bench/generalise.py`
+from bench.common import (SHARED_DATA, config_hash, crop_all, epochs_seconds, extra_options,  # noqa: E402
+                          finished_run, maskcls)
+from maskcls.config import load_config  # noqa: E402
+from maskcls.data.labels import decode  # noqa: E402
+from maskcls.evaluate import read_answers  # noqa: E402
+from maskcls.metrics import bootstrap_macro_f1  # noqa: E402
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
-SETS = {"dev": SHARED / "faces", "ood": SHARED / "ood_ffhq"}
+SETS = {"dev": SHARED_DATA / "faces", "ood": SHARED_DATA / "ood_ffhq"}
 TASKS = ("mask", "age", "gender")
 PARTS = {"mask": 0, "gender": 1, "age": 2}  # position in labels.decode's (mask, gender, age_band)
 
@@ -64,13 +67,17 @@ def task_overrides(task: str, items: list[str]) -> list[str]:
 
 
 def recipe_name(task: str, overrides: list[str]) -> str:
-    digest = hashlib.sha1((CONFIG_DIR / f"{task}.yaml").read_bytes() + "\n".join(overrides).encode()).hexdigest()
-    return f"{task}-{digest[:8]}"
+    """``<task>-<hash of the resolved config>``: the same recipe reuses its run, whatever the YAML's comments say."""
+    return f"{task}-{config_hash(task, overrides)}"
+
+
+def run_items(overrides: list[str], data: Path, seed: int) -> list[str]:
+    return [f"data_dir={data}", f"seed={seed}", *overrides]
 
 
 def train(task: str, overrides: list[str], project: Path, data: Path, seed: int) -> tuple[Path, float]:
     """A finished run of ``task`` with ``overrides`` (trained, resumed or reused) and its epochs' seconds."""
-    items = [f"data_dir={data}", f"seed={seed}", *overrides]
+    items = run_items(overrides, data, seed)
     name = recipe_name(task, items)
     run = project / task / name
     return run, finished_run(task, run, load_config(task, items).epochs, [*items, f"project={project}"])
@@ -170,6 +177,8 @@ def main() -> None:
     parser.add_argument("--runs", nargs=3, action="append", metavar="task=RUN", default=[],
                         help="score finished runs instead of training (repeatable); task=A,B votes that task's runs")
     parser.add_argument("--no-baseline", action="store_true", help="skip the configs/ recipe itself")
+    parser.add_argument("--joint", action="store_true",
+                        help="also train configs/joint.yaml, one 18-class model compute-matched to the specialists")
     parser.add_argument("--rescore", nargs="*", type=Path, default=None, metavar="PROJECT",
                         help="score the submissions of the last invocation (its generalise.json) again, with those of "
                              "other invocations' project folders after them, paired; no training")
@@ -193,11 +202,17 @@ def main() -> None:
     os.environ["MASKCLS_NO_PROGRESS"] = "1"
     started = time.perf_counter()
     recipes = ([] if args.no_baseline else [["configs"]]) + args.recipe
+    overrides = {recipe[0]: {task: task_overrides(task, recipe[1:]) for task in TASKS} for recipe in recipes}
+    configs = [load_config(task, run_items(items, SETS["dev"], args.seed))
+               for task_items in overrides.values() for task, items in task_items.items()]
+    configs += [load_config("joint")] if args.joint else []
+    for name, path in SETS.items():  # once per set and detector, before any run; a second invocation reuses them
+        crop_all(path, *(extra_options(configs) if name == "dev" else []), configs=configs or None)
     runs, train_s = {}, {}
     for recipe in recipes:
         name, items = recipe[0], recipe[1:]
         print(f"recipe {name}: {' '.join(items) or '(configs/ as they are)'}", flush=True)
-        trained = {task: train(task, task_overrides(task, items), args.project, SETS["dev"], args.seed) for task in TASKS}
+        trained = {task: train(task, overrides[name][task], args.project, SETS["dev"], args.seed) for task in TASKS}
         runs[name] = {task: [run] for task, (run, _) in trained.items()}
         train_s[name] = sum(seconds for _, seconds in trained.values())
     for triple in args.runs:
@@ -206,18 +221,19 @@ def main() -> None:
         name = "runs:" + "+".join(",".join(r.name for r in members[task]) for task in TASKS)
         runs[name] = members
         train_s[name] = sum(epochs_seconds(run) for task_members in members.values() for run in task_members)
-    for name, path in SETS.items():
-        crop_all(path)  # once per set and detector; a second run reuses the cache
+    if args.joint:
+        run, train_s["joint 18-class"] = train("joint", [], args.project, SETS["dev"], args.seed)
+        runs["joint 18-class"] = {"joint": [run]}
     submissions = {name: {} for name in SETS}
     infer_s = {}
     for recipe, task_runs in runs.items():
         slug = recipe.replace(":", "_")
         biases = {recipe: "none"}
-        if args.tuned_bias:  # tuned once, on the dev set's validation people; applied to both sets
+        if args.tuned_bias and "joint" not in task_runs:  # tuned on the dev set's validation people, used on both
             biases[f"{recipe} + bias"] = str(tuned_bias(task_runs, SETS["dev"], args.project / f"bias_{slug}"))
             train_s[f"{recipe} + bias"] = train_s[recipe]
         for set_name, data in SETS.items():
-            options = [opt for task in TASKS for run in task_runs[task] for opt in (f"--{task}", str(run))]
+            options = [opt for task, members in task_runs.items() for run in members for opt in (f"--{task}", str(run))]
             for row, bias in biases.items():
                 out = args.project / f"submission_{set_name}_{slug}{'_bias' if bias != 'none' else ''}.csv"
                 _, infer_s[row, set_name] = maskcls("submit", *options, "--tta", "--bias", bias,

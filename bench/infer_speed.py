@@ -9,7 +9,7 @@ does, then both engines classify the same random normalised batch, one specialis
 images/s = batch size / the time all three take. Both engines get the same thread count (each of
 ``--threads`` in turn: on a shared machine one thread can beat two, see docs/benchmarks.md); PyTorch runs as
 ``maskcls predict`` does (eval, inference mode, the config's channels-last layout). Face detection and
-image decoding are not included (see bench/crop_speed.py for MTCNN).
+image decoding are not included (see bench/detector_compare.py for the face detectors).
 """
 from __future__ import annotations
 

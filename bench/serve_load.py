@@ -40,9 +40,10 @@ import httpx
 import numpy as np
 from PIL import Image
 
-from detect_group import compose
-from maskcls.detect import DetectSettings, detect_photos, load_specialists
-from maskcls.tasks import SPECIALISTS
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root: `python bench/serve_load.py`
+from bench.detect_group import compose  # noqa: E402
+from maskcls.detect import DetectSettings, detect_photos, load_specialists  # noqa: E402
+from maskcls.tasks import SPECIALISTS  # noqa: E402
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "faces"
 ROOT = Path(__file__).resolve().parents[1]

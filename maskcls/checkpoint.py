@@ -7,9 +7,12 @@ from pathlib import Path
 import torch
 
 from .config import Config, config_from_dict
-from .errors import CheckpointError
+from .errors import CheckpointError, ConfigError
 from .io import atomic_path
 from .tasks import get_task
+
+# may differ when a fold or member is resumed: how it runs, and where its folder lies (a folder may be moved)
+RUNTIME_KEYS = ("device", "workers", "preload", "amp", "channels_last", "project", "name")
 
 
 def save_checkpoint(path: Path, **state) -> None:
@@ -54,6 +57,26 @@ def restore_training_state(state: dict, model, optimizer, scheduler, scaler) -> 
 def epochs_done(state: dict) -> int:
     """How many epochs the run had trained when ``state`` was saved."""
     return state["epoch"] + 1
+
+
+def run_status(run_dir: Path, config: Config) -> str:
+    """A fold's or an ensemble member's ``new`` (no last.pt), ``unfinished`` (fewer epochs than ``config.epochs``)
+    or ``finished``, the test ``train --resume`` applies; one trained with other settings is an error naming them."""
+    last = run_dir / "last.pt"
+    if not last.is_file():
+        return "new"
+    state = load_checkpoint(last)
+    before, now = config_from_dict(state["config"]).to_dict(), config.to_dict()  # keys added since: defaults
+    differ = [k for k in now if k not in RUNTIME_KEYS and _plain(before.get(k)) != _plain(now[k])]
+    if differ:
+        shown = ", ".join(f"{k}={before.get(k)!r} (now {now[k]!r})" for k in differ[:3])
+        raise ConfigError(f"{run_dir}: was trained with {shown}; resume with the same settings, or pass name= "
+                          f"for a new folder")
+    return "finished" if epochs_done(state) >= config.epochs else "unfinished"
+
+
+def _plain(value):
+    return list(value) if isinstance(value, (tuple, list)) else value
 
 
 def claim_run_dir(project: Path, task: str, name: str = "") -> Path:

@@ -263,22 +263,27 @@ MaskRuns = Annotated[Optional[List[Path]], typer.Option(help="Mask run or CV fol
 AgeRuns = Annotated[Optional[List[Path]], typer.Option(help="Age run or CV folder (its folds); repeatable (default: newest in <project>/age).")]
 GenderRuns = Annotated[Optional[List[Path]], typer.Option(help="Gender run or CV folder (its folds); repeatable (default: newest in <project>/gender).")]
 JointRuns = Annotated[Optional[List[Path]], typer.Option(help="Instead of the specialists: a joint 18-class run or CV folder; repeatable.")]
-ProjectDir = Annotated[Path, typer.Option(help="Folder holding <task>/<run>/ for the default runs.")]
+ProjectDir = Annotated[Optional[Path], typer.Option(help="Folder holding <task>/<run>/ for the default runs "
+                                                           "(default: runs, else the bundled specialist).")]
+Bundled = Annotated[bool, typer.Option("--bundled", help="The bundled specialists for every task not named "
+                                                         "(--mask RUN ...), whatever runs/ holds.")]
 WhichCheckpoint = Annotated[Checkpoint, typer.Option(help="Checkpoint in each run folder.")]
 DeviceName = Annotated[str, typer.Option(help="auto | cpu | cuda | mps.")]
 
 
-def _specialist_runs(mask, age, gender, project: Path, which: str) -> dict[str, list[Path]]:
-    from .runs import expand_runs, newest_run
+def _specialist_runs(mask, age, gender, project: Path | None, which: str, bundled: bool) -> dict[str, list[Path]]:
+    from .bundle import resolve_runs
 
-    chosen = {"mask": mask, "age": age, "gender": gender}
-    return {task: expand_runs(given or [newest_run(project, task, which)]) for task, given in chosen.items()}
+    if bundled and project is not None:
+        fail("--bundled and --project: pass one (the bundle, or the newest runs of the project)")
+    return resolve_runs({"mask": mask, "age": age, "gender": gender}, project, which, bundled)
 
 
 @app.command()
 def predict(
     task: Annotated[TaskName, typer.Argument(help="Which task the runs were trained for.")],
-    runs: Annotated[List[Path], typer.Argument(help="Run folders, CV folders (their folds) or .pt files of that task; several are voted.")],
+    runs: Annotated[List[Path], typer.Argument(help="Run folders, CV folders (their folds) or .pt files of that task, "
+                                                    "or the word bundled (the bundled specialist); several are voted.")],
     data_dir: Annotated[Path, typer.Argument(help="Dataset folder holding eval/ (and train/ for --split val).")],
     split: Annotated[SplitName, typer.Option(help="eval: info.csv images; val: the runs' held-out people.")] = SplitName.eval,
     tta: Annotated[bool, typer.Option(help="Average the original, flipped and config `tta` views.")] = False,
@@ -290,10 +295,10 @@ def predict(
                                                       "(maskcls export onnx).")] = RuntimeName.torch,
 ):
     """Write per-image class probabilities of one task's runs to a CSV (and a JSON note beside it)."""
+    from .bundle import resolve_runs
     from .predictions import default_output, predict_runs, write_predictions
-    from .runs import expand_runs
 
-    runs = expand_runs(runs)
+    runs = resolve_runs({task.value: runs}, which=which.value, tasks=[task.value])[task.value]
     table, note = predict_runs(runs, split.value, data_dir, tta, vote.value, which.value, device, task.value,
                                runtime.value)
     path = write_predictions(table, out or default_output(runs, split.value, tta, vote.value), note)
@@ -325,11 +330,13 @@ def submit(
     age: AgeRuns = None,
     gender: GenderRuns = None,
     joint: JointRuns = None,
-    data_dir: Annotated[Optional[Path], typer.Option(help="Folder with eval/ (default: the runs' data_dir).")] = None,
+    data_dir: Annotated[Optional[Path], typer.Option(help="Folder with eval/ (default: the runs' data_dir; "
+                                                          "needed with the bundle).")] = None,
     tta: Annotated[bool, typer.Option(help="Average the original, flipped and config `tta` views.")] = False,
     out: Annotated[Path, typer.Option(help="Submission CSV to write.")] = Path("submission.csv"),
     bias: Annotated[Optional[str], typer.Option(help="Bias YAML, or none (default: <project>/bias.yaml if tuned on these runs).")] = None,
-    project: ProjectDir = Path("runs"),
+    project: ProjectDir = None,
+    bundled: Bundled = False,
     which: WhichCheckpoint = Checkpoint.best,
     device: DeviceName = "auto",
     on_bad_image: Annotated[BadImage, typer.Option(help="An eval image that does not decode: fail (write nothing), "
@@ -346,7 +353,7 @@ def submit(
     if joint:
         lines = make_joint_submission(expand_runs(joint), out, data_dir, tta, which.value, device, on_bad_image.value)
     else:
-        runs = _specialist_runs(mask, age, gender, project, which.value)
+        runs = _specialist_runs(mask, age, gender, project, which.value, bundled)
         lines = make_submission(runs, out, data_dir, tta, bias, which.value, device, on_bad_image.value)
     for line in lines:
         typer.echo(line, err=line.startswith("warning:"))
@@ -434,7 +441,8 @@ def detect(
     second_pass: SecondPass = True,
     tta: FaceTTA = False,
     runtime: RuntimeOption = RuntimeName.torch,
-    project: ProjectDir = Path("runs"),
+    project: ProjectDir = None,
+    bundled: Bundled = False,
     which: WhichCheckpoint = Checkpoint.best,
     device: DeviceName = "auto",
 ):
@@ -443,17 +451,19 @@ def detect(
     Several runs of one task are averaged (soft vote). Each face is cut out as the training crops were (the box grown by the run's crop_margin), even for runs
     trained with crop: none or center: a whole group photo is never fed to a classifier.
     """
+    from .bundle import bundle_version
     from .detect import run_detect
 
     settings = _detect_settings(min_prob, min_face, max_side, second_pass, tta, runtime, device)
-    runs = _specialist_runs(mask, age, gender, project, which.value)
+    runs = _specialist_runs(mask, age, gender, project, which.value, bundled)
     result, path = run_detect(photos, runs, out, settings, which.value, annotate)
     for message in result.unreadable:
         typer.echo(f"warning: skipped {message}", err=True)
     for file in result.no_face:
         typer.echo(f"{file}: no face found")
+    version = bundle_version(r for rs in runs.values() for r in rs)
     typer.echo(f"{result.photos} photo(s), {result.faces} face(s), {len(result.no_face)} without a face, "
-               f"{len(result.unreadable)} unreadable -> {path}")
+               f"{len(result.unreadable)} unreadable -> {path}" + (f" (maskcls bundle {version})" if version else ""))
     if annotate is not None:
         typer.echo(f"annotated {len(result.annotated)} photo(s) into {annotate}")
 
@@ -474,7 +484,8 @@ def serve(
     second_pass: SecondPass = True,
     tta: FaceTTA = False,
     runtime: RuntimeOption = RuntimeName.torch,
-    project: ProjectDir = Path("runs"),
+    project: ProjectDir = None,
+    bundled: Bundled = False,
     which: WhichCheckpoint = Checkpoint.best,
     device: DeviceName = "auto",
 ):
@@ -491,7 +502,7 @@ def serve(
     os.environ.setdefault("MASKCLS_NO_PROGRESS", "1")  # a progress bar per request would flood the log
     settings = _detect_settings(min_prob, min_face, max_side, second_pass, tta, runtime, device)
     limits = ServeLimits(max_upload_mb=max_upload_mb, max_files=max_files, max_megapixels=max_megapixels)
-    runs = _specialist_runs(mask, age, gender, project, which.value)
+    runs = _specialist_runs(mask, age, gender, project, which.value, bundled)
     checker = FaceChecker.create(load_specialists(runs, which.value, settings.runtime), settings)
     run_server(checker, limits, host, port, announce=typer.echo)
 
@@ -503,7 +514,8 @@ def export_onnx(
     gender: GenderRuns = None,
     joint: JointRuns = None,
     check_images: Annotated[Optional[Path], typer.Option(help="Real images for the parity check (default: each run's <data_dir>/eval/images).")] = None,
-    project: ProjectDir = Path("runs"),
+    project: ProjectDir = None,
+    bundled: Bundled = False,
     which: WhichCheckpoint = Checkpoint.best,
 ):
     """Write <run>/<which>.onnx per run (logits, dynamic batch), checked against PyTorch with onnxruntime."""
@@ -511,7 +523,7 @@ def export_onnx(
     from .runs import expand_runs
 
     runs = expand_runs(joint) if joint else [r for rs in _specialist_runs(mask, age, gender, project,
-                                                                            which.value).values() for r in rs]
+                                                                            which.value, bundled).values() for r in rs]
     results = export_runs(runs, which.value, check_images)
     typer.echo("\n".join(result.format() for result in results))
     typer.echo(f"parity: every probability within {PARITY_ATOL:g} of PyTorch's")

@@ -1,7 +1,8 @@
 """One frozen dataclass of defaults; a task YAML holds only what differs; ``key=value`` overrides on top.
 
-Precedence: defaults < ``configs/<task>.yaml`` < command-line overrides. Unknown keys are errors with
-the closest valid key suggested.
+Precedence: defaults < ``configs/<task>.yaml`` < command-line overrides. A YAML may start from another
+(``extends: base.yaml``): the keys the specialists share live once. Unknown keys are errors with the closest
+valid key suggested.
 """
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ from .data.fixes import load_fixes
 from .data.labels import DEFAULT_AGE_BOUNDS, check_age_bounds
 from .errors import ConfigError
 from .losses import LOSSES
-from .tasks import TASKS
+from .tasks import SPECIALISTS, TASKS
 from .transforms import augment_entry, augment_value, check_augment, tta_view_zoom
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
@@ -43,7 +44,7 @@ class Config:
     # model
     backbone: str = "tf_efficientnet_lite0"  # any timm model name
     # auto: the offline efficientnet-liteN package for tf_efficientnet_liteN, else timm's download when online
-    pretrained: str = "auto"  # auto | none | timm | efficientnet-lite0/1/2 | path to a state dict
+    pretrained: str = "auto"  # auto | none | timm | maskcls (the bundled specialist) | efficientnet-lite0/1/2 | path
     img_size: int = 224
     drop_rate: float = 0.2
     freeze_backbone: bool = False
@@ -87,7 +88,7 @@ class Config:
     name: str = ""  # "" -> exp, exp2, exp3, ...
     # inference
     tta: tuple[str, ...] = ("flip",)  # views averaged by `submit --tta`: flip, scale<percent> (e.g. scale90)
-    # age target and extra faces (issue 16; maskcls/years.py, maskcls/data/extra.py)
+    # age target and extra faces (maskcls/years.py, maskcls/data/extra.py)
     age_target: str = "band"  # band | years: one output per year 0..age_max, summed into bands (age, joint)
     age_max: int = 100  # years target: the head's last year; older ages count as this one
     extra_data: tuple[str, ...] = ()  # folders of images/ + labels.csv (file, age, gender, mask); train only
@@ -181,7 +182,24 @@ def parse_overrides(items: typing.Iterable[str]) -> dict[str, str]:
     return out
 
 
-def read_yaml(path: Path) -> dict:
+def read_yaml(path: Path, _seen: tuple[Path, ...] = ()) -> dict:
+    """The mapping in ``path``; with a top-level ``extends: OTHER.yaml`` (relative to ``path``'s folder), OTHER's
+    mapping with this file's keys on top, ``extends`` itself dropped."""
+    values = _read_mapping(path)
+    base = values.pop("extends", None)
+    if base is None:
+        return values
+    if not isinstance(base, str) or not base:
+        raise ConfigError(f"{path}: extends={base!r} is not a file name")
+    base_path = (path.parent / base).resolve()
+    if base_path in _seen or base_path == path.resolve():
+        raise ConfigError(f"{path}: extends {base_path}, which extends it back (a loop)")
+    if not base_path.is_file():
+        raise ConfigError(f"{path}: extends {base_path}, which does not exist")
+    return {**read_yaml(base_path, (*_seen, path.resolve())), **values}
+
+
+def _read_mapping(path: Path) -> dict:
     if not path.is_file():
         raise ConfigError(f"{path}: config file does not exist")
     try:
@@ -268,6 +286,9 @@ def validate(config: Config) -> None:
         raise ConfigError(f"folds={config.folds}: must be at least 2 with val=fold")
     if config.val == "fold" and not 0 <= config.fold < config.folds:
         raise ConfigError(f"fold={config.fold}: expected 0..{config.folds - 1} with folds={config.folds}")
+    if config.pretrained == "maskcls" and config.task not in SPECIALISTS:
+        raise ConfigError(f"pretrained=maskcls: the bundle holds the specialists {', '.join(SPECIALISTS)}, "
+                          f"no {config.task} model")
     if config.age_sigma < 0:
         raise ConfigError(f"age_sigma={config.age_sigma}: must be 0 (hard bands) or more")
     if config.age_sigma > 0 and not TASKS[config.task].has_age:

@@ -17,12 +17,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from .checkpoint import run_status
 from .config import Config, ConfigError
 from .data import fold_of_people, load_train
 from .io import atomic_write_text, is_main_process
 from .metrics import macro_f1
 from .predictions import predict_runs, write_predictions
-from .runs import OOF_FILE, fold_dir, run_status
+from .runs import OOF_FILE, fold_dir
 from .tasks import get_task
 
 DEFAULT_NAME = "cv"  # fixed, not exp/exp2/...: running the command again finds the folds to finish

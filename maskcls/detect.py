@@ -17,10 +17,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
+import numpy as np
 import pandas as pd
 from PIL import Image, ImageDraw, ImageFont
 from torch import nn
@@ -40,6 +42,7 @@ from .years import AGE_COLUMN
 COLUMNS = ("file", "status", "face", "x1", "y1", "x2", "y2", "det_prob", "mask", "mask_prob", "gender",
            "gender_prob", "age", "age_prob", "age_years", "label", "class")  # age_years: age_target=years runs
 MASK_COLOURS = {"wear": (0, 170, 0), "incorrect": (235, 140, 0), "not_wear": (215, 0, 0)}
+MAX_MEGAPIXELS = 40.0  # per photo, from its header (serve, the Python API): 7300 x 5500, 120 MB once decoded to RGB
 PHOTOS_PER_BATCH = 16  # photos detected and classified together: their faces share the classifier batches
 
 
@@ -258,23 +261,106 @@ def save_image(image: Image.Image, path: Path) -> Path:
 
 # --- the detect command -----------------------------------------------------------------------------
 
-@dataclass
-class FaceChecker:
-    """What turns photos into rows, loaded once: the specialists, MTCNN's passes and the engine. ``maskcls
-    detect`` and ``maskcls serve`` both check photos through ``rows``."""
+class ImageTooLarge(DataError):
+    """An image over the pixel limit, refused before it is decoded."""
 
-    specialists: Sequence[Specialist]
-    settings: DetectSettings
-    detectors: Sequence  # one MTCNN per pass of ``settings.passes``
-    engine: Engine
+
+def check_pixels(name: str, size: tuple[int, int], max_megapixels: float) -> None:
+    """An ImageTooLarge naming ``name`` when ``size`` (width, height) is over ``max_megapixels``."""
+    width, height = size
+    if width * height > max_megapixels * 1e6:
+        raise ImageTooLarge(f"{name}: image too large ({width} x {height} pixels, over {max_megapixels:g} megapixels)")
+
+
+def face_records(rows: Sequence[dict]) -> list[dict]:
+    """A photo's faces as the API answers them: its rows with a face, less ``file`` and ``status``."""
+    return [{k: v for k, v in row.items() if k not in ("file", "status")} for row in rows if row["status"] == "face"]
+
+
+class FaceChecker:
+    """Every face in a photo with its mask, gender and age band: the Python API, and what ``maskcls detect`` and
+    ``maskcls serve`` check photos through. Loaded once: the specialists, MTCNN's passes and the engine.
+
+        from maskcls import FaceChecker
+        checker = FaceChecker()  # the bundled specialists
+        for face in checker.predict("photo.jpg"):
+            print(face["x1"], face["y1"], face["mask"], face["gender"], face["age"], face["class"])
+
+    ``FaceChecker(mask=RUN, age=RUN, gender=RUN)`` answers with the runs named (a run folder, CV or ensemble
+    folder, or a list of them, voted) and with the bundled specialist for each task not named; ``settings`` are
+    detect's (:class:`DetectSettings`: MTCNN thresholds, TTA, runtime, device). :meth:`predict` refuses an image
+    over ``max_megapixels``, as serve does.
+
+    One instance may be shared by threads: :meth:`predict` runs one call at a time under the instance's lock
+    (MTCNN and the classifiers are not meant to be called from several threads at once, and torch already
+    spreads one call over the cores); images are read before the lock. :meth:`rows` takes no lock: serve holds
+    its own around it.
+    """
+
+    def __init__(self, mask=None, age=None, gender=None, *, settings: DetectSettings = DetectSettings(),
+                 which: str = "best", max_megapixels: float = MAX_MEGAPIXELS):
+        from .bundle import resolve_runs
+
+        named = {"mask": mask, "age": age, "gender": gender}
+        named = {task: [runs] if isinstance(runs, (str, Path)) else runs for task, runs in named.items()}
+        runs = resolve_runs(named, which=which, bundled=True)
+        self._setup(load_specialists(runs, which, settings.runtime), settings, None, max_megapixels)
 
     @classmethod
     def create(cls, specialists: Sequence[Specialist], settings: DetectSettings,
                detectors: Sequence | None = None) -> FaceChecker:
+        """A checker of specialists already loaded (``detectors``: MTCNNs already built, one per pass)."""
+        checker = cls.__new__(cls)
+        checker._setup(specialists, settings, detectors, MAX_MEGAPIXELS)
+        return checker
+
+    def _setup(self, specialists: Sequence[Specialist], settings: DetectSettings, detectors: Sequence | None,
+               max_megapixels: float) -> None:
         device = pick_device(settings.device)
-        detectors = detectors or [create_detector(t, settings.min_face_size, device) for t in settings.passes]
-        engine = inference_engine(specialists[0].runs[0].config, settings.device, workers=0)  # crops are in memory
-        return cls(specialists, settings, detectors, engine)
+        self.specialists, self.settings, self.max_megapixels = list(specialists), settings, max_megapixels
+        # one MTCNN per pass of ``settings.passes``
+        self.detectors = detectors or [create_detector(t, settings.min_face_size, device) for t in settings.passes]
+        self.engine = inference_engine(specialists[0].runs[0].config, settings.device, workers=0)  # crops in memory
+        self._lock = threading.Lock()
+
+    @property
+    def bundle_version(self) -> str | None:
+        """The version of the bundle when its specialists answer (any task), else None."""
+        from .bundle import bundle_version
+
+        return bundle_version(run.run_dir for specialist in self.specialists for run in specialist.runs)
+
+    def predict(self, images) -> list:
+        """The faces of ``images``: a path, a PIL image or an RGB uint8 (height, width, 3) array, or a list of
+        them. Per image a list of faces, left to right, each a dict of detect's fields (box ``x1 y1 x2 y2``,
+        ``det_prob``, ``mask`` ``gender`` ``age`` with ``*_prob``, ``age_years``, the 18-class ``label`` and its
+        ``class``); one image given, its list."""
+        single = not isinstance(images, (list, tuple))
+        photos = [self._read(item, index) for index, item in enumerate([images] if single else images)]
+        with self._lock:
+            rows = self.rows(photos)
+        faces = [face_records(photo_rows) for photo_rows in rows]
+        return faces[0] if single else faces
+
+    def _read(self, item, index: int) -> tuple[str, Image.Image]:
+        """(name, RGB image) of one input to :meth:`predict`, its size checked before it is decoded."""
+        if isinstance(item, (str, Path)):
+            try:
+                with Image.open(item) as probe:  # reads the header only
+                    size = probe.size
+            except Exception:  # open_rgb, below, names what is wrong with the file
+                size = (0, 0)
+            check_pixels(str(item), size, self.max_megapixels)
+            return str(item), open_rgb(item)
+        name = f"image {index + 1}"
+        if isinstance(item, Image.Image):
+            check_pixels(name, item.size, self.max_megapixels)
+            return name, item.convert("RGB")
+        if isinstance(item, np.ndarray) and item.dtype == np.uint8 and item.ndim == 3 and item.shape[2] == 3:
+            check_pixels(name, (item.shape[1], item.shape[0]), self.max_megapixels)
+            return name, Image.fromarray(item)
+        what = f"array of {item.dtype} {item.shape}" if isinstance(item, np.ndarray) else type(item).__name__
+        raise DataError(f"{name}: expected a path, a PIL image or an RGB uint8 (height, width, 3) array, got {what}")
 
     def rows(self, photos: Sequence[tuple[str, Image.Image]]) -> list[list[dict]]:
         """Each (file name, RGB image)'s rows: its faces found, cropped and classified together."""
@@ -316,7 +402,10 @@ def detect_photos(paths: Sequence[str | Path], specialists: Sequence[Specialist]
 
 
 def detection_note(specialists: Sequence[Specialist], settings: DetectSettings, result: Detections) -> dict:
+    from .bundle import bundle_version
+
     return {"runs": {s.task: [str(r.run_dir.resolve()) for r in s.runs] for s in specialists},
+            "bundle": bundle_version(r.run_dir for s in specialists for r in s.runs),
             "which": specialists[0].runs[0].which, "engine": settings.runtime, "tta": settings.tta,
             "views": {s.task: [name for name, _ in build_views(tta_views(s.runs[0].config, settings.tta))]
                       for s in specialists},

@@ -4,7 +4,7 @@ its own initial head, data order, augmentations and validation people. The folde
 wherever runs are loaded (:func:`maskcls.runs.expand_runs`), so submit, predict, detect and export vote them.
 
 Why: retrains of one recipe that differ only in the seed moved the ood_ffhq F1 by up to 0.09 per task, and their
-soft vote scored above the members' mean on every task (docs/benchmarks.md, "Generalisation", eighth session).
+soft vote scored above the members' mean on every task (docs/benchmarks.md, "Generalisation").
 
 Running the same command again (same ``name``), or ``train --resume <folder>``, finishes what is unfinished: a
 member whose ``last.pt`` has every epoch is skipped, one with fewer is resumed from it, one without starts afresh.
@@ -14,8 +14,9 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
+from .checkpoint import run_status
 from .config import Config, ConfigError, save_config
-from .runs import member_dir, run_status
+from .runs import member_dir
 
 
 def member_config(config: Config, member: int, ensemble_dir: Path) -> Config:
@@ -53,7 +54,7 @@ def train_ensemble(config: Config, resume: Path | None = None) -> Path:
 
 
 def member_statuses(ensemble_dir: Path, members: list[tuple[Config, Path]]) -> list[str]:
-    """Each member's ``new`` / ``unfinished`` / ``finished`` (:func:`maskcls.runs.run_status`); a member trained
+    """Each member's ``new`` / ``unfinished`` / ``finished`` (:func:`maskcls.checkpoint.run_status`); a member trained
     with other settings, or a single run already in the folder, is an error."""
     if (ensemble_dir / "last.pt").is_file():
         raise ConfigError(f"{ensemble_dir}: holds a single run (last.pt), not an ensemble; pass another name=")

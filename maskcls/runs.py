@@ -1,26 +1,20 @@
 """Run folders as the commands name them: a run (``runs/<task>/<name>/`` with ``best.pt``), a cross-validation
 folder (``runs/<task>/<name>/fold0..foldK-1/``, written by ``maskcls cv``) or an ensemble folder
 (``runs/<task>/<name>/member0..memberN-1/``, written by ``maskcls train`` with ``ensemble: N``); a folder of
-folds or members stands for its runs. Every command that loads runs calls :func:`expand_runs` at its entry;
-``newest_run`` finds a task's default run; ``run_status`` says whether a fold or member is still to train.
+folds or members stands for its runs. Every command that loads runs calls :func:`expand_runs` at its entry
+(through ``bundle.resolve_runs``).
 """
 from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterable
+from typing import Iterable
 
 from .data import DataError
-from .errors import ConfigError
-
-if TYPE_CHECKING:
-    from .config import Config
 
 FOLD_NAME = re.compile(r"fold(\d+)")
 MEMBER_NAME = re.compile(r"member(\d+)")
 OOF_FILE = "oof.csv"  # a CV folder's out-of-fold predictions (maskcls cv), read by maskcls audit
-# may differ when a fold or member is resumed: how it runs, and where its folder lies (a folder may be moved)
-RUNTIME_KEYS = ("device", "workers", "preload", "amp", "channels_last", "project", "name")
 
 
 def fold_dir(cv_dir: str | Path, fold: int) -> Path:
@@ -83,39 +77,6 @@ def checkpoint_time(path: str | Path, which: str = "best") -> float | None:
     runs = _numbered_dirs(path, GROUPS[kind][0]) if kind else [Path(path)]
     times = [(d / f"{which}.pt").stat().st_mtime for d in runs if (d / f"{which}.pt").is_file()]
     return max(times) if times else None
-
-
-def newest_run(project: str | Path, task: str, which: str = "best") -> Path:
-    """The run (or CV folder) under ``<project>/<task>/`` whose ``best.pt`` (or ``which``) was written last."""
-    folder = Path(project) / task
-    times = {d: checkpoint_time(d, which) for d in folder.iterdir()} if folder.is_dir() else {}
-    runs = [d for d, time in times.items() if time is not None]
-    if not runs:
-        raise DataError(f"{folder}: no run with a {which}.pt; train one (maskcls train {task}) or pass --{task} RUN")
-    return max(runs, key=times.get)
-
-
-def run_status(run_dir: Path, config: Config) -> str:
-    """A fold's or an ensemble member's ``new`` (no last.pt), ``unfinished`` (fewer epochs than ``config.epochs``)
-    or ``finished``, the test ``train --resume`` applies; one trained with other settings is an error naming them."""
-    from .checkpoint import epochs_done, load_checkpoint
-    from .config import config_from_dict
-
-    last = run_dir / "last.pt"
-    if not last.is_file():
-        return "new"
-    state = load_checkpoint(last)
-    before, now = config_from_dict(state["config"]).to_dict(), config.to_dict()  # keys added since: defaults
-    differ = [k for k in now if k not in RUNTIME_KEYS and _plain(before.get(k)) != _plain(now[k])]
-    if differ:
-        shown = ", ".join(f"{k}={before.get(k)!r} (now {now[k]!r})" for k in differ[:3])
-        raise ConfigError(f"{run_dir}: was trained with {shown}; resume with the same settings, or pass name= "
-                          f"for a new folder")
-    return "finished" if epochs_done(state) >= config.epochs else "unfinished"
-
-
-def _plain(value):
-    return list(value) if isinstance(value, (tuple, list)) else value
 
 
 def _group_kind(path: str | Path) -> str | None:

@@ -2,8 +2,9 @@
 
 ``POST /v1/detect`` takes one or more photos (multipart, field ``files``) and answers, per photo, every face
 as ``maskcls detect`` rows it: both go through ``FaceChecker.rows``, so the fields and their meaning are the
-same. ``GET /v1/models`` lists the runs served, ``GET /healthz`` says the server is up, ``GET /`` is the page
-(``maskcls/static/index.html``, read once at start), ``/docs`` FastAPI's OpenAPI page.
+same. ``GET /v1/models`` lists the runs served (and the bundle's version when its specialists answer),
+``GET /healthz`` says the server is up, ``GET /`` is the page (``maskcls/static/index.html``, read once at
+start), ``/docs`` FastAPI's OpenAPI page.
 
 Uploads stay in memory (Starlette's spooled files are told never to roll over to disk) and are bounded: the
 body by ``max_upload_mb`` (counted as it streams in, whatever Content-Length claims), the count by
@@ -34,7 +35,7 @@ from . import __version__
 from .data.crop import file_hash
 from .data.images import open_rgb
 from .data.layout import DataError
-from .detect import FaceChecker
+from .detect import MAX_MEGAPIXELS, FaceChecker, ImageTooLarge, check_pixels, face_records
 from .infer import checkpoint_file
 
 FIELD = "files"  # the multipart field that carries the photos
@@ -45,7 +46,7 @@ DEFAULT_HOST = "127.0.0.1"  # loopback: the server is reachable from other machi
 class ServeLimits:
     max_upload_mb: float = 20.0  # the whole request body, in MiB
     max_files: int = 16  # photos per request
-    max_megapixels: float = 40.0  # per photo, from its header: 40 MP is 7300 x 5500, 120 MB once decoded to RGB
+    max_megapixels: float = MAX_MEGAPIXELS  # per photo, from its header
 
     @property
     def max_upload_bytes(self) -> int:
@@ -124,9 +125,10 @@ def decode_upload(upload: Upload, max_megapixels: float) -> Image.Image:
         raise BadRequest(415, f"{upload.name}: not an image (PIL cannot identify it)") from None
     except Exception as err:  # PIL raises many types for bad headers
         raise BadRequest(422, f"{upload.name}: image header does not decode ({type(err).__name__}: {err})") from None
-    if width * height > max_megapixels * 1e6:
-        raise BadRequest(413, f"{upload.name}: image too large ({width} x {height} pixels, over "
-                              f"{max_megapixels:g} megapixels)")
+    try:
+        check_pixels(upload.name, (width, height), max_megapixels)
+    except ImageTooLarge as err:
+        raise BadRequest(413, str(err)) from None
     try:
         return open_rgb(BytesIO(upload.data), upload.name)
     except DataError as err:
@@ -136,7 +138,9 @@ def decode_upload(upload: Upload, max_megapixels: float) -> Image.Image:
 # --- what the server answers ------------------------------------------------------------------------
 
 def served_models(checker: FaceChecker) -> list[dict]:
-    """One entry per run: task, folder, backbone, image size, validation F1 and the checkpoint's SHA-1."""
+    """One entry per run: task, folder, backbone, image size, validation F1, the checkpoint's SHA-1 and whether
+    it is the bundle's."""
+    from .bundle import is_bundled
     from .checkpoint import load_checkpoint
 
     models = []
@@ -147,14 +151,13 @@ def served_models(checker: FaceChecker) -> list[dict]:
             models.append({"task": run.task, "run": str(run.run_dir), "checkpoint": path.name,
                            "backbone": run.config.backbone, "img_size": run.config.img_size,
                            "val_f1": None if best_f1 is None else round(float(best_f1), 4),
-                           "sha1": file_hash(path)})
+                           "sha1": file_hash(path), "bundled": is_bundled(run.run_dir)})
     return models
 
 
 def photo_result(name: str, image: Image.Image, rows: Sequence[dict]) -> dict:
     """One photo's answer: its size and its faces (detect's rows less ``file`` and ``status``)."""
-    faces = [{k: v for k, v in row.items() if k not in ("file", "status")} for row in rows if row["status"] == "face"]
-    return {"file": name, "width": image.width, "height": image.height, "faces": faces}
+    return {"file": name, "width": image.width, "height": image.height, "faces": face_records(rows)}
 
 
 class Service:
@@ -186,6 +189,7 @@ def create_app(checker: FaceChecker, limits: ServeLimits = ServeLimits()):
     """The FastAPI app serving ``checker`` (built once, with its models loaded)."""
     service = Service(checker, limits)
     models = served_models(checker)
+    bundle = checker.bundle_version  # the bundle's version when its specialists answer
     page = page_html()
     settings = checker.settings
     app = FastAPI(title="maskcls", version=__version__,
@@ -205,7 +209,7 @@ def create_app(checker: FaceChecker, limits: ServeLimits = ServeLimits()):
 
     @app.get("/v1/models")
     def list_models() -> dict:
-        return {"models": models, "engine": settings.runtime, "tta": settings.tta,
+        return {"models": models, "bundle": bundle, "engine": settings.runtime, "tta": settings.tta,
                 "limits": {"max_upload_mb": limits.max_upload_mb, "max_files": limits.max_files,
                            "max_megapixels": limits.max_megapixels}}
 

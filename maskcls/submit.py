@@ -11,6 +11,7 @@ from typing import Sequence
 
 import pandas as pd
 
+from .bundle import is_bundled
 from .config import Config
 from .data import NUM_CLASSES, DataError, class_name, read_eval_images
 from .engine import pick_device
@@ -30,6 +31,9 @@ def run_configs(run_dirs: Sequence[str | Path], which: str = "best") -> list[Con
 
 def common_data_dir(run_dirs: Sequence[str | Path], which: str = "best") -> Path:
     """The data folder every run was trained on; refuses runs that disagree (pass --data-dir then)."""
+    bundled = [run_dir for run_dir in run_dirs if is_bundled(run_dir)]
+    if bundled:
+        raise DataError(f"{bundled[0]}: a bundled run was not trained on a data folder of yours; pass --data-dir DATA")
     found = {}
     for run_dir, config in zip(run_dirs, run_configs(run_dirs, which)):
         found.setdefault(Path(config.data_dir).resolve(), run_dir)

@@ -32,7 +32,7 @@ AUGMENTATIONS: dict[str, Callable[[], A.BasicTransform]] = {
     "grid_shuffle_or_perspective": lambda: A.OneOf([A.RandomGridShuffle(grid=(2, 2)),
                                                     A.Perspective(scale=(0.05, 0.1))], p=0.5),
     "gauss_noise": lambda: A.GaussNoise(std_range=(0.02, 0.08), p=0.3),
-    # robustness to faces from other photos (issue 15); not in the shipped recipes until a benchmark says so.
+    # robustness to faces from other photos, in the three specialists' recipes (benchmarks: "Generalisation").
     # A detector's box sits differently on each face: zoom 0.85-1.15 and shift up to 8 % of the side,
     # the border mirrored rather than black
     "shift_scale": lambda: A.Affine(scale=(0.85, 1.15), translate_percent=(-0.08, 0.08),

@@ -20,7 +20,8 @@ LAYERS = [
     {"data.dataset"},  # ImageDataset, build_dataset: an image loader and the transforms
     {"tasks", "losses", "years"},  # the task table; the loss registry; the year head (age_target=years)
     {"config"},  # reads the registries below it for its choices
-    {"models", "checkpoint", "run_log", "runs"},  # runs: run folders, CV folders of folds, ensembles
+    # runs: run folders, CV folders; bundle: the shipped runs; quantize: compact weights for them
+    {"models", "checkpoint", "run_log", "runs", "bundle", "quantize"},
     {"engine"},
     {"infer"},  # inference: a run, what runs it, TTA, one Prediction per set of images
     {"bias", "predictions"},  # per-class biases; prediction tables: predict, vote, write, read

@@ -25,12 +25,87 @@ def test_precedence_defaults_then_yaml_then_overrides(tmp_path):
     assert config.task == "mask"
 
 
-@pytest.mark.parametrize("path", sorted(CONFIG_DIR.rglob("*.yaml")), ids=lambda p: str(p.relative_to(CONFIG_DIR)))
+TASK_YAMLS = sorted(path for path in CONFIG_DIR.rglob("*.yaml") if path.name != "base.yaml")
+
+
+@pytest.mark.parametrize("path", TASK_YAMLS, ids=lambda p: str(p.relative_to(CONFIG_DIR)))
 def test_every_shipped_yaml_loads_and_validates(path):
     values = read_yaml(path)
-    assert set(values) <= set(Config().to_dict())
+    assert set(values) <= set(Config().to_dict())  # extends resolved and dropped
     config = load_config(values["task"], config_file=path)  # validate() runs inside, augment entries built
     assert config.task == path.stem
+
+
+@pytest.mark.parametrize("task", SPECIALISTS)
+def test_the_specialists_extend_the_base_and_the_base_alone_is_a_valid_config(task):
+    from maskcls.config import _read_mapping
+
+    assert _read_mapping(CONFIG_DIR / f"{task}.yaml")["extends"] == "base.yaml"
+    base = read_yaml(CONFIG_DIR / "base.yaml")
+    assert "task" not in base
+    load_config(task, config_file=CONFIG_DIR / "base.yaml")
+
+
+ROBUST = ["shift_scale", "downscale", "blur", "jpeg", "grayscale"]
+SHARED = {"crop": "mtcnn", "crop_margin": 0.1, "lr": 5e-4, "warmup_epochs": 0.3, "batch_size": 32, "tta": ["scale90"]}
+GPU = {"crop": "mtcnn", "backbone": "tf_efficientnet_b3", "img_size": 320, "workers": 8}
+RECIPES = {  # every value the shipped YAMLs set apart from the dataclass defaults
+    "mask": {**SHARED, "crop_detector": "retinaface", "img_size": 96, "epochs": 2, "ensemble": 3,
+             "augment": ["hflip", "perspective_or_rotate", "color", *ROBUST]},
+    "age": {**SHARED, "age_target": "years", "age_sigma": 2.0, "img_size": 128, "loss": "focal", "epochs": 4,
+            "extra_epochs": 2, "ensemble": 2,
+            "augment": ["hflip", "rotate", "grid_shuffle_or_perspective", "gauss_noise", *ROBUST]},
+    "gender": {**SHARED, "backbone": "tf_efficientnet_lite2", "img_size": 128, "loss": "ce_f1", "epochs": 5,
+               "extra_epochs": 3, "ensemble": 3, "augment": ["hflip", "rotate", "perspective", "gauss_noise", *ROBUST]},
+    "joint": {"crop": "mtcnn", "img_size": 96, "lr": 5e-4, "warmup_epochs": 0.3, "epochs": 14, "batch_size": 32,
+              "augment": ["hflip", "rotate", "color", "gauss_noise"]},
+}
+GPU_RECIPES = {
+    "mask": {**GPU, "epochs": 8, "augment": ["hflip", "perspective_or_rotate", "color"]},
+    "age": {**GPU, "age_target": "years", "age_sigma": 2.0, "loss": "focal", "epochs": 15,
+            "augment": ["hflip", "rotate", "grid_shuffle_or_perspective", "gauss_noise"]},
+    "gender": {**GPU, "loss": "ce_f1", "epochs": 15, "augment": ["hflip", "rotate", "perspective", "gauss_noise"]},
+}
+
+
+@pytest.mark.parametrize("profile, task", [*(("cpu", t) for t in RECIPES), *(("gpu", t) for t in GPU_RECIPES)])
+def test_the_resolved_shipped_configs_are_the_recipe_field_by_field(profile, task):
+    recipe = (RECIPES if profile == "cpu" else GPU_RECIPES)[task]
+    expected = {**Config(task=task).to_dict(), **recipe}
+    assert load_config(task, profile=profile).to_dict() == expected
+
+
+def test_extends_applies_the_base_and_the_file_overrides_it(tmp_path):
+    (tmp_path / "shared").mkdir()
+    (tmp_path / "shared" / "common.yaml").write_text("lr: 0.001\nepochs: 3\nloss: focal\n")
+    (tmp_path / "shared" / "top.yaml").write_text("extends: common.yaml\nbatch_size: 16\n")  # a chain
+    path = write_yaml(tmp_path, "extends: shared/top.yaml\nepochs: 7\n")  # relative to the file's folder
+    assert read_yaml(path) == {"lr": 0.001, "epochs": 7, "loss": "focal", "batch_size": 16}
+    config = load_config("mask", ["loss=ce"], config_file=path)
+    assert (config.lr, config.epochs, config.loss, config.batch_size) == (0.001, 7, "ce", 16)
+    assert "extends" not in config.to_dict()
+
+
+def test_extends_a_missing_file_is_one_line_naming_it(tmp_path):
+    path = write_yaml(tmp_path, "extends: nope.yaml\nepochs: 7\n")
+    with pytest.raises(ConfigError, match=f"{path}: extends {tmp_path / 'nope.yaml'}, which does not exist") as err:
+        load_config("mask", config_file=path)
+    assert len(str(err.value).splitlines()) == 1
+
+
+@pytest.mark.parametrize("files", [{"task.yaml": "task.yaml"}, {"task.yaml": "a.yaml", "a.yaml": "b.yaml",
+                                                                 "b.yaml": "a.yaml"}])
+def test_extends_refuses_a_loop(tmp_path, files):
+    for name, base in files.items():
+        (tmp_path / name).write_text(f"extends: {base}\nepochs: 2\n")
+    with pytest.raises(ConfigError, match="which extends it back"):
+        load_config("mask", config_file=tmp_path / "task.yaml")
+
+
+@pytest.mark.parametrize("value", ["[a.yaml]", "''", "3"])
+def test_extends_must_name_a_file(tmp_path, value):
+    with pytest.raises(ConfigError, match="is not a file name"):
+        load_config("mask", config_file=write_yaml(tmp_path, f"extends: {value}\n"))
 
 
 def test_gpu_profile_reads_configs_gpu():

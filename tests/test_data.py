@@ -525,7 +525,7 @@ def test_scan_eval_keeps_info_csv_order(sample_dataset):
     assert problems == [] and table["ImageID"].tolist() == info["ImageID"].tolist()
 
 
-# ------------------------------------------------------------------------------- sharp edges (issue 14)
+# -------------------------------------------------------------------------- odd names, oversized images
 
 @pytest.mark.parametrize("race", ["Européen", "Middle-Eastern", "아시아", "Others2"])
 def test_the_race_is_any_word_without_an_underscore(race):

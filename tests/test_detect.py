@@ -181,7 +181,7 @@ def test_repeated_runs_of_a_task_are_averaged(project, tmp_path):
     assert np.allclose(both, (alone[0] + alone[1]) / 2, atol=1e-6)
 
 
-# ------------------------------------------------------------------------------- sharp edges (issue 14)
+# ------------------------------------------------------------------------ photos too small or too large
 
 def huge_png_header(path, width: int, height: int):
     """A 60-byte PNG whose header claims ``width`` x ``height`` pixels: a decompression bomb's first bytes."""

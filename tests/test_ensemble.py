@@ -12,13 +12,14 @@ import pytest
 import yaml
 from conftest import TINY_TRAIN, cli
 
+from maskcls.bundle import newest_run
 from maskcls.config import ConfigError, load_config
 from maskcls.cv import run_cv
 from maskcls.data import DataError
 from maskcls.ensemble import train_ensemble
 from maskcls.infer import load_run
 from maskcls.predictions import predict_run
-from maskcls.runs import expand_runs, newest_run, run_home
+from maskcls.runs import expand_runs, run_home
 
 
 @pytest.fixture(scope="module")

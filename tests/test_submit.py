@@ -229,7 +229,7 @@ def test_submit_without_runs_says_what_to_do(tmp_path):
     assert f"{tmp_path / 'runs' / 'mask'}: no run with a best.pt" in result.stderr
 
 
-# ------------------------------------------------------------------------------- sharp edges (issue 14)
+# --------------------------------------------------------------- undecodable images, one crop per image
 
 def _project_of(runs, tmp_path):
     project = tmp_path / "runs"

