@@ -1,7 +1,8 @@
 """Three specialists -> 18 classes: ``label = mask * 6 + gender * 3 + age`` per image.
 
-Inputs are the prediction tables ``maskcls predict`` writes (``predictions.py`` reads and checks them). Before the argmax, each task's log
-probabilities may get a per-class bias (``bias.py``: tuned on validation predictions, stored, applied).
+Inputs are the prediction tables ``maskcls predict`` writes (``predictions.py`` reads and checks them). Before
+the argmax, each task's log probabilities may get a per-class bias (``bias.py``: tuned on validation
+predictions, stored, applied).
 """
 from __future__ import annotations
 

@@ -367,7 +367,8 @@ class FaceChecker:
         images = [image for _, image in photos]
         found = find_faces(images, self.detectors, self.settings.min_prob, self.settings.max_side) if photos else []
         pairs = list(zip(images, found))
-        scored = {s.task: classify(s, pairs, self.settings, self.engine) for s in self.specialists} if any(found) else {}
+        scored = ({s.task: classify(s, pairs, self.settings, self.engine) for s in self.specialists}
+                  if any(found) else {})
         rows, start = [], 0
         for (file, image), faces in zip(photos, found):
             end = start + len(faces)

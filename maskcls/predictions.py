@@ -165,10 +165,11 @@ class PredictionTable:
     def reindexed(self, keys: Sequence[str]) -> "PredictionTable":
         order = pd.Index(self.keys).get_indexer(keys)
         return PredictionTable(self.path, self.task, self.key_column, self.keys[order], self.probs[order],
-                           None if self.label is None else self.label[order], self.note)
+                               None if self.label is None else self.label[order], self.note)
 
 
-def predictions_from_table(table: pd.DataFrame, task: str, path: str | Path, note: dict | None = None) -> PredictionTable:
+def predictions_from_table(table: pd.DataFrame, task: str, path: str | Path,
+                           note: dict | None = None) -> PredictionTable:
     """Check a table (key column, p0..pK-1, for val ``label``) against its task; refusals name ``path``."""
     path, note = Path(path), note or {}
     if note.get("task") not in (None, task):

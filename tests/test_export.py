@@ -91,10 +91,11 @@ def test_predict_with_runtime_onnx_answers_as_pytorch(exported, sample_dataset, 
     probs = {runtime: table[["p0", "p1", "p2"]].to_numpy() for runtime, table in tables.items()}
     assert np.abs(probs["torch"] - probs["onnx"]).max() < PARITY_ATOL
     # the old spelling still works, with a one-line note
-    result = run("predict", "age", project / "age" / "exp", sample_dataset, "--engine=onnx", "--out", tmp_path / "o.csv")
+    out = tmp_path / "old.csv"
+    result = run("predict", "age", project / "age" / "exp", sample_dataset, "--engine=onnx", "--out", out)
     assert result.exit_code == 0, result.output
     assert result.stderr.strip() == "note: --engine is now --runtime"
-    assert pd.read_csv(tmp_path / "o.csv").equals(tables["onnx"])
+    assert pd.read_csv(out).equals(tables["onnx"])
 
 
 def test_detect_with_runtime_onnx_classifies_faces_as_pytorch(exported, real_images, tmp_path):
