@@ -8,7 +8,7 @@ Without runs, each task's config is built untrained (weights change neither the 
 
 Photos come from ``../shared/data/faces`` eval images (skips cleanly when absent): one photo (one face), and
 eight photos tiled 4 x 2 (eight faces, as bench/detect_group.py composes them), sent as JPEG. Per engine
-(``--engine onnx`` needs each run's best.onnx: maskcls export onnx), the server starts in a subprocess on
+(``--runtime onnx`` needs each run's best.onnx: maskcls export onnx), the server starts in a subprocess on
 127.0.0.1 and gets, per photo, ``--clients`` threads (one httpx client each) posting for ``--seconds`` (at
 most ``--max-requests``): first only good requests, then with ``--bad-share`` bad ones mixed in (not an image,
 truncated, empty, a decompression bomb, a wrong field name, too many files, over --max-upload-mb, four
@@ -147,7 +147,7 @@ class Server:
     def __init__(self, runs: dict[str, Path], engine: str, log: Path):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        command = [sys.executable, "-m", "maskcls", "serve", "--engine", engine, "--port", str(self.port),
+        command = [sys.executable, "-m", "maskcls", "serve", "--runtime", engine, "--port", str(self.port),
                    *[arg for task in SPECIALISTS for arg in (f"--{task}", str(runs[task]))]]
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
         self.log = log

@@ -33,10 +33,10 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from .combine import read_predictions
 from .data import DataError, decode, load_train
 from .data.labels import AGE_NAMES, GENDER_NAMES, MASK_NAMES
 from .io import atomic_write_csv, atomic_write_text, check_writable
+from .predictions import read_predictions
 
 KINDS = ("gender", "incorrect_normal_swap", "age", "mask")
 PART = {"mask": 0, "gender": 1, "age": 2}  # which part of decode(label) is each task's class
@@ -61,7 +61,7 @@ class TaskTable:
 
 def oof_file(path: str | Path) -> Path:
     """A CV folder's ``oof.csv``, or the CSV given."""
-    from .cv import OOF_FILE
+    from .runs import OOF_FILE
 
     return Path(path) / OOF_FILE if Path(path).is_dir() else Path(path)
 

@@ -8,9 +8,13 @@ from pathlib import Path
 import torch
 
 from .config import Config, config_from_dict
-from .errors import CheckpointError
+from .errors import CheckpointError, ConfigError
 from .io import atomic_path
 from .quantize import expand_state
+from .tasks import get_task
+
+# may differ when a fold or member is resumed: how it runs, and where its folder lies (a folder may be moved)
+RUNTIME_KEYS = ("device", "workers", "preload", "amp", "channels_last", "project", "name")
 
 
 def save_checkpoint(path: Path, **state) -> None:
@@ -43,6 +47,57 @@ def load_checkpoint(path: Path) -> dict:
 
 def checkpoint_config(state: dict) -> Config:
     return config_from_dict(state["config"])
+
+
+def training_state(model, optimizer, scheduler, scaler, epoch: int, best_f1: float, config: Config,
+                   mean, std, metrics: dict) -> dict:
+    """What ``last.pt`` and ``best.pt`` hold after ``epoch``: the state dicts a resume continues from (``model``
+    unwrapped from DDP), and the plain data inference needs (config, class names, normalisation)."""
+    return {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+            "scaler": scaler.state_dict(), "epoch": epoch, "best_f1": best_f1, "config": config.to_dict(),
+            "class_names": list(get_task(config.task).class_names), "mean": list(mean), "std": list(std),
+            "metrics": {k: v for k, v in metrics.items() if v is not None}}
+
+
+def restore_training_state(state: dict, model, optimizer, scheduler, scaler) -> tuple[int, float]:
+    """Load a :func:`training_state` into the training objects; returns (the epoch to start at, the best val F1
+    so far)."""
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    scaler.load_state_dict(state["scaler"])
+    return epochs_done(state), state["best_f1"]
+
+
+def epochs_done(state: dict) -> int:
+    """How many epochs the run had trained when ``state`` was saved."""
+    return state["epoch"] + 1
+
+
+def run_status(run_dir: Path, config: Config) -> str:
+    """A fold's or an ensemble member's ``new`` (no last.pt), ``unfinished`` (fewer epochs than ``config.epochs``)
+    or ``finished``, the test ``train --resume`` applies; one trained with other settings is an error naming them."""
+    last = run_dir / "last.pt"
+    if not last.is_file():
+        return "new"
+    state = load_checkpoint(last)
+    before, now = config_from_dict(state["config"]).to_dict(), config.to_dict()  # keys added since: defaults
+    differ = [k for k in now if k not in RUNTIME_KEYS and _plain(before.get(k)) != _plain(now[k])]
+    if differ:
+        shown = ", ".join(f"{k}={before.get(k)!r} (now {now[k]!r})" for k in differ[:3])
+        raise ConfigError(f"{run_dir}: was trained with {shown}; resume with the same settings, or pass name= "
+                          f"for a new folder")
+    if epochs_done(state) < config.epochs:
+        return "unfinished"
+    try:  # a finished run is skipped, so what the commands load from it must load
+        load_checkpoint(run_dir / "best.pt")
+    except CheckpointError as err:
+        raise CheckpointError(f"{err}; remove {run_dir} to train it again") from None
+    return "finished"
+
+
+def _plain(value):
+    return list(value) if isinstance(value, (tuple, list)) else value
 
 
 def claim_run_dir(project: Path, task: str, name: str = "") -> Path:

@@ -22,8 +22,35 @@ def fail(message: str) -> None:
     raise typer.Exit(1)
 
 
+# old spellings a user may still type -> today's; each use prints a one-line note on stderr
+RENAMED_COMMANDS = {("data", "sample"): ("data", "synth")}
+RENAMED_OPTIONS = {"--engine": "--runtime"}
+
+
+def renamed(args: list[str]) -> list[str]:
+    """``args`` with every old spelling of a command or option replaced by today's, noting each on stderr."""
+    args = list(args)
+    for old, new in RENAMED_COMMANDS.items():
+        if tuple(args[:len(old)]) == old:
+            args[:len(old)] = new
+            typer.echo(f"note: `maskcls {' '.join(old)}` is now `maskcls {' '.join(new)}`", err=True)
+    for index, arg in enumerate(args):
+        if arg == "--":  # what follows is arguments, never options
+            break
+        name, equals, value = arg.partition("=")
+        if name in RENAMED_OPTIONS:
+            args[index] = RENAMED_OPTIONS[name] + equals + value
+            typer.echo(f"note: {name} is now {RENAMED_OPTIONS[name]}", err=True)
+    return args
+
+
 class _Commands(TyperGroup):
     """Every command (and subcommand) runs inside this: a user-facing error becomes its one-line message."""
+
+    def parse_args(self, ctx, args):
+        if ctx.parent is None:  # the whole command line, once
+            args = renamed(args)
+        return super().parse_args(ctx, args)
 
     def invoke(self, ctx):
         try:
@@ -104,14 +131,14 @@ def data_summary(
     typer.echo(f"\nwrote {out}")
 
 
-@data_app.command("sample")
-def data_sample(
+@data_app.command("synth")
+def data_synth(
     out_dir: Annotated[Path, typer.Argument(help="Folder to write train/ and eval/ into.")],
     people: Annotated[int, typer.Option(min=1, help="Train people (7 images each).")] = 60,
     eval_people: Annotated[int, typer.Option(min=1, help="Eval people.")] = 20,
     seed: Annotated[int, typer.Option(min=0)] = 0,
 ):
-    """Generate a small synthetic dataset in the competition layout."""
+    """Synthesise a small dataset of drawn faces in the competition layout."""
     from .data.sample import make_sample_dataset
     from .io import check_writable
 
@@ -246,7 +273,7 @@ def demo(
     tiny = ["backbone=test_efficientnet", "pretrained=none", "crop=none", "warmup_epochs=1", "img_size=48",
             "batch_size=16", "lr=3e-3",
             f"epochs={epochs}", "folds=4", f"data_dir={faces}", f"project={runs}", "name=demo"]
-    steps = [["data", "sample", str(faces), "--people", "60", "--eval-people", "20"],
+    steps = [["data", "synth", str(faces), "--people", "60", "--eval-people", "20"],
              ["data", "check", str(faces)],
              ["data", "summary", str(faces)],
              *(["train", task, *tiny] for task in SPECIALISTS),
@@ -265,7 +292,7 @@ def demo(
 SplitName = choices("SplitName", ("eval", "val"))
 VoteName = choices("VoteName", ("soft", "hard"))
 Checkpoint = choices("Checkpoint", ("best", "last"))
-EngineName = choices("EngineName", ("torch", "onnx"))
+RuntimeName = choices("RuntimeName", ("torch", "onnx"))  # maskcls.infer.RUNTIMES (infer imports torch)
 
 
 BadImage = choices("BadImage", ("fail", "fallback"))
@@ -304,18 +331,18 @@ def predict(
     out: Annotated[Optional[Path], typer.Option(help="CSV (default: <first run>/pred_<split>[_tta][_<vote>N].csv).")] = None,
     which: WhichCheckpoint = Checkpoint.best,
     device: DeviceName = "auto",
-    engine: Annotated[EngineName, typer.Option(help="torch, or onnx: each run's <which>.onnx on onnxruntime "
-                                                    "(maskcls export onnx).")] = EngineName.torch,
+    runtime: Annotated[RuntimeName, typer.Option(help="torch, or onnx: each run's <which>.onnx on onnxruntime "
+                                                      "(maskcls export onnx).")] = RuntimeName.torch,
 ):
     """Write per-image class probabilities of one task's runs to a CSV (and a JSON note beside it)."""
     from .bundle import resolve_runs
     from .io import check_writable
-    from .submit import default_output, predict_runs, write_predictions
+    from .predictions import default_output, predict_runs, write_predictions
 
     runs = resolve_runs({task.value: runs}, which=which.value, tasks=[task.value])[task.value]
     out = check_writable(out or default_output(runs, split.value, tta, vote.value))
     table, note = predict_runs(runs, split.value, data_dir, tta, vote.value, which.value, device, task.value,
-                               engine.value)
+                               runtime.value)
     path = write_predictions(table, out, note)
     typer.echo(f"{task.value} {split.value}: {len(table)} images, {len(runs)} run(s), views {'+'.join(note['views'])}"
                f" -> {path}")
@@ -433,16 +460,16 @@ MaxSide = Annotated[int, typer.Option(min=0, help="MTCNN looks at a copy of each
 SecondPass = Annotated[bool, typer.Option(help="Also run MTCNN's looser pass, which finds most masked faces the first "
                                                "misses (boxes repeating a found face are dropped).")]
 FaceTTA = Annotated[bool, typer.Option(help="Average the original, flipped and config `tta` views of each face.")]
-EngineOption = Annotated[EngineName, typer.Option(help="torch, or onnx: each run's <which>.onnx (maskcls export onnx).")]
+RuntimeOption = Annotated[RuntimeName, typer.Option(help="torch, or onnx: each run's <which>.onnx (maskcls export onnx).")]
 
 
-def _detect_settings(min_prob: float, min_face: int, max_side: int, second_pass: bool, tta: bool, engine: EngineName,
+def _detect_settings(min_prob: float, min_face: int, max_side: int, second_pass: bool, tta: bool, runtime: RuntimeName,
                      device: str):
     from .detect import DetectSettings
 
     passes = DetectSettings.passes if second_pass else DetectSettings.passes[:1]
     return DetectSettings(min_prob=min_prob, passes=passes, min_face_size=min_face, max_side=max_side, tta=tta,
-                          runtime=engine.value, device=device)
+                          runtime=runtime.value, device=device)
 
 
 @app.command()
@@ -458,7 +485,7 @@ def detect(
     max_side: MaxSide = 1600,
     second_pass: SecondPass = True,
     tta: FaceTTA = False,
-    engine: EngineOption = EngineName.torch,
+    runtime: RuntimeOption = RuntimeName.torch,
     project: ProjectDir = None,
     bundled: Bundled = False,
     which: WhichCheckpoint = Checkpoint.best,
@@ -476,7 +503,7 @@ def detect(
     check_writable(out)
     if annotate is not None:  # checked now: a folder found unwritable after the first photos loses them
         check_writable(annotate, folder=True)
-    settings = _detect_settings(min_prob, min_face, max_side, second_pass, tta, engine, device)
+    settings = _detect_settings(min_prob, min_face, max_side, second_pass, tta, runtime, device)
     runs = _specialist_runs(mask, age, gender, project, which.value, bundled)
     result, path = run_detect(photos, runs, out, settings, which.value, annotate)
     for message in result.unreadable:
@@ -506,7 +533,7 @@ def serve(
     max_side: MaxSide = 1600,
     second_pass: SecondPass = True,
     tta: FaceTTA = False,
-    engine: EngineOption = EngineName.torch,
+    runtime: RuntimeOption = RuntimeName.torch,
     project: ProjectDir = None,
     bundled: Bundled = False,
     which: WhichCheckpoint = Checkpoint.best,
@@ -523,7 +550,7 @@ def serve(
     except ImportError as err:
         fail(f"maskcls serve needs {err.name}: pip install 'maskcls[serve]'")
     os.environ.setdefault("MASKCLS_NO_PROGRESS", "1")  # a progress bar per request would flood the log
-    settings = _detect_settings(min_prob, min_face, max_side, second_pass, tta, engine, device)
+    settings = _detect_settings(min_prob, min_face, max_side, second_pass, tta, runtime, device)
     limits = ServeLimits(max_upload_mb=max_upload_mb, max_files=max_files, max_megapixels=max_megapixels,
                          max_request_megapixels=max_request_megapixels)
     runs = _specialist_runs(mask, age, gender, project, which.value, bundled)

@@ -1,14 +1,12 @@
 """Three specialists -> 18 classes: ``label = mask * 6 + gender * 3 + age`` per image.
 
-Inputs are the probability tables ``maskcls predict`` writes. Before the argmax, each task's log
-probabilities may get a per-class bias (``bias.py``: tuned on validation predictions, stored, applied).
+Inputs are the prediction tables ``maskcls predict`` writes (``predictions.py`` reads and checks them). Before
+the argmax, each task's log probabilities may get a per-class bias (``bias.py``: tuned on validation
+predictions, stored, applied).
 """
 from __future__ import annotations
 
-import json
-import re
 from collections import Counter
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
@@ -17,86 +15,12 @@ import pandas as pd
 
 from .bias import default_bias_path, person_of, resolve_bias, save_bias, task_predictions, tune_bias
 from .data import NUM_CLASSES, DataError, encode
-from .io import atomic_write_csv, is_main_process, note_path
-from .tasks import SPECIALISTS, get_task
-
-SUM_TOLERANCE = 1e-3  # rows of probabilities must sum to 1 within this (CSV rounding)
-
-
-@dataclass
-class Predictions:
-    """One task's probability table, keyed by ``ImageID`` (eval) or image ``path`` (val)."""
-
-    path: Path  # where it came from, for messages
-    task: str
-    key_column: str  # ImageID | path
-    keys: np.ndarray
-    probs: np.ndarray  # (images, classes)
-    label: np.ndarray | None = None  # val only: the 18-class truth
-    note: dict = field(default_factory=dict)
-
-    @property
-    def split(self) -> str:
-        return "eval" if self.key_column == "ImageID" else "val"
-
-    def reindexed(self, keys: Sequence[str]) -> "Predictions":
-        order = pd.Index(self.keys).get_indexer(keys)
-        return Predictions(self.path, self.task, self.key_column, self.keys[order], self.probs[order],
-                           None if self.label is None else self.label[order], self.note)
+from .io import atomic_write_csv, is_main_process
+from .predictions import PredictionTable, read_predictions
+from .tasks import SPECIALISTS
 
 
-def predictions_from_table(table: pd.DataFrame, task: str, path: str | Path, note: dict | None = None) -> Predictions:
-    """Check a table (key column, p0..pK-1, for val ``label``) against its task; refusals name ``path``."""
-    path, note = Path(path), note or {}
-    if note.get("task") not in (None, task):
-        raise DataError(f"{path}: holds {note['task']} predictions (see {path.with_suffix('.json').name}), not {task}")
-    keys = [c for c in ("ImageID", "path") if c in table.columns]
-    if len(keys) != 1:
-        raise DataError(f"{path}: needs exactly one key column, ImageID (eval) or path (val); found {keys or 'none'}")
-    key = keys[0]
-    prob_columns = sorted((c for c in table.columns if re.fullmatch(r"p\d+", c)), key=lambda c: int(c[1:]))
-    expected = get_task(task).num_classes
-    if prob_columns != [f"p{k}" for k in range(len(prob_columns))] or len(prob_columns) != expected:
-        raise DataError(f"{path}: class columns {','.join(prob_columns) or 'none'}; a {task} prediction has "
-                        f"{expected} (p0..p{expected - 1}) - is this the right task's file?")
-    if table.empty:
-        raise DataError(f"{path}: no rows")
-    duplicated = table[key][table[key].duplicated()]
-    if len(duplicated):
-        raise DataError(f"{path}: line {duplicated.index[0] + 2}: duplicated {key} {duplicated.iloc[0]}")
-    probs = table[prob_columns].apply(pd.to_numeric, errors="coerce").to_numpy(dtype=np.float64)
-    bad = ~np.isfinite(probs).all(axis=1) | (probs < 0).any(axis=1) | (np.abs(probs.sum(axis=1) - 1) > SUM_TOLERANCE)
-    if bad.any():
-        line = int(np.flatnonzero(bad)[0])
-        raise DataError(f"{path}: line {line + 2}: {','.join(map(str, table[prob_columns].iloc[line]))} are not "
-                        f"probabilities (non-negative, summing to 1)")
-    label = None
-    if key == "path" and "label" in table.columns:
-        label = pd.to_numeric(table["label"], errors="coerce").to_numpy()
-        if not (np.isfinite(label) & (label >= 0) & (label < NUM_CLASSES) & (label % 1 == 0)).all():
-            raise DataError(f"{path}: column label must hold classes 0..{NUM_CLASSES - 1}")
-        label = label.astype(np.int64)
-    return Predictions(path, task, key, table[key].astype(str).to_numpy(), probs, label, note)
-
-
-def read_predictions(path: str | Path, task: str) -> Predictions:
-    """A prediction CSV and the JSON note beside it (when there is one)."""
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: prediction file does not exist")
-    try:
-        table = pd.read_csv(path, dtype={"ImageID": str, "path": str}, keep_default_na=False, na_values=[""])
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
-        raise DataError(f"{path}: cannot be read as CSV ({str(err).splitlines()[0]})") from None
-    note_file = note_path(path)
-    try:
-        note = json.loads(note_file.read_text()) if note_file.is_file() else {}
-    except json.JSONDecodeError as err:
-        raise DataError(f"{note_file}: not valid JSON ({err})") from None
-    return predictions_from_table(table, task, path, note)
-
-
-def align(predictions: dict[str, Predictions]) -> dict[str, Predictions]:
+def align(predictions: dict[str, PredictionTable]) -> dict[str, PredictionTable]:
     """The three tables in the mask table's image order; refuses tables that do not cover the same images."""
     missing = [task for task in SPECIALISTS if task not in predictions]
     if missing:
@@ -118,7 +42,7 @@ def align(predictions: dict[str, Predictions]) -> dict[str, Predictions]:
     return aligned
 
 
-def _refuse_odd_table(tables: Sequence[Predictions]) -> None:
+def _refuse_odd_table(tables: Sequence[PredictionTable]) -> None:
     """The tables must hold the same images. When they do not, the majority decides which is at fault: a table
     lacking an image the others hold, or holding one they lack, is the one the message names."""
     keysets = [set(p.keys) for p in tables]
@@ -138,13 +62,13 @@ def _examples(keys: Sequence[str], count: int = 3) -> str:
 
 # --- the merge ----------------------------------------------------------------------------------
 
-def combine(predictions: dict[str, Predictions], bias: dict[str, np.ndarray] | None = None) -> np.ndarray:
+def combine(predictions: dict[str, PredictionTable], bias: dict[str, np.ndarray] | None = None) -> np.ndarray:
     """18-class answer per image, ``mask * 6 + gender * 3 + age``, for tables already aligned."""
     parts = {task: task_predictions(predictions[task].probs, (bias or {}).get(task)) for task in SPECIALISTS}
     return encode(parts["mask"], parts["gender"], parts["age"])
 
 
-def submission(predictions: dict[str, Predictions], image_ids: Sequence[str], info_csv: str | Path,
+def submission(predictions: dict[str, PredictionTable], image_ids: Sequence[str], info_csv: str | Path,
                bias: dict[str, np.ndarray] | None = None) -> pd.DataFrame:
     """``ImageID,ans`` in exactly the order of ``info.csv`` (``image_ids``), every ImageID once."""
     first = predictions["mask"]
@@ -167,7 +91,7 @@ def write_submission(frame: pd.DataFrame, path: str | Path) -> Path:
     return Path(path)
 
 
-def runs_of(predictions: dict[str, Predictions]) -> dict[str, list[str]] | None:
+def runs_of(predictions: dict[str, PredictionTable]) -> dict[str, list[str]] | None:
     """task -> the runs behind each table, from the JSON notes; None when any table has no note."""
     runs = {task: p.note.get("runs") for task, p in predictions.items()}
     return runs if all(runs.values()) else None

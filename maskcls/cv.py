@@ -17,17 +17,17 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from .checkpoint import run_status
 from .config import Config, ConfigError
 from .data import fold_of_people, load_train
 from .io import atomic_write_text, is_main_process
 from .metrics import macro_f1
-from .runs import fold_dir
+from .predictions import predict_runs, write_predictions
+from .runs import OOF_FILE, fold_dir
 from .tasks import get_task
 
 DEFAULT_NAME = "cv"  # fixed, not exp/exp2/...: running the command again finds the folds to finish
-# may differ when a fold is resumed: how it runs, and where its folder lies (a folder may be moved)
-RUNTIME_KEYS = ("device", "workers", "preload", "amp", "channels_last", "project", "name")
-OOF_FILE, SUMMARY_FILE = "oof.csv", "cv.json"
+SUMMARY_FILE = "cv.json"
 
 
 @dataclass
@@ -63,36 +63,6 @@ def fold_config(config: Config, fold: int) -> Config:
     return dataclasses.replace(config, fold=fold, name=f"{config.name or DEFAULT_NAME}/fold{fold}", ensemble=1)
 
 
-def run_status(run_dir: Path, config: Config) -> str:
-    """A fold's or an ensemble member's ``new`` (no last.pt), ``unfinished`` (fewer epochs than ``config.epochs``)
-    or ``finished``, the test ``train --resume`` applies; one trained with other settings is an error naming them."""
-    from .checkpoint import load_checkpoint
-    from .config import config_from_dict
-    from .errors import CheckpointError
-
-    last = run_dir / "last.pt"
-    if not last.is_file():
-        return "new"
-    state = load_checkpoint(last)
-    before, now = config_from_dict(state["config"]).to_dict(), config.to_dict()  # keys added since: defaults
-    differ = [k for k in now if k not in RUNTIME_KEYS and _plain(before.get(k)) != _plain(now[k])]
-    if differ:
-        shown = ", ".join(f"{k}={before.get(k)!r} (now {now[k]!r})" for k in differ[:3])
-        raise ConfigError(f"{run_dir}: was trained with {shown}; resume with the same settings, or pass name= "
-                          f"for a new folder")
-    if state["epoch"] + 1 < config.epochs:
-        return "unfinished"
-    try:  # a finished run is skipped, so what the commands load from it must load
-        load_checkpoint(run_dir / "best.pt")
-    except CheckpointError as err:
-        raise CheckpointError(f"{err}; remove {run_dir} to train it again") from None
-    return "finished"
-
-
-def _plain(value):
-    return list(value) if isinstance(value, (tuple, list)) else value
-
-
 def run_cv(config: Config, tta: bool = False) -> CVResult:
     """Train (or finish) every fold, then write ``oof.csv`` and ``cv.json`` into the CV folder."""
     from .engine import Engine, fit
@@ -121,8 +91,6 @@ def run_cv(config: Config, tta: bool = False) -> CVResult:
 
 def write_oof(cv_dir: Path, config: Config, statuses: list[str], tta: bool = False) -> CVResult:
     """Predict each fold's held-out people with its best.pt; write ``oof.csv`` (+ note) and ``cv.json``."""
-    from .submit import predict_runs, write_predictions
-
     runs = [fold_dir(cv_dir, k) for k in range(config.folds)]
     table, note = predict_runs(runs, "val", config.data_dir, tta, device=config.device, task=config.task)
     table["fold"] = fold_of_images(table["path"], config)

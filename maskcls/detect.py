@@ -35,10 +35,9 @@ from .data.labels import class_name, encode
 from .data.layout import DataError
 from .engine import Engine, pick_device
 from .io import atomic_path, atomic_write_text, note_path
-from .infer import (Run, build_views, inference_engine, inference_model, load_run, predict_probs, predict_probs_and_age,
-                    tta_views)
+from .infer import Prediction, Run, build_views, inference_engine, inference_model, load_run, predict, tta_views
 from .tasks import SPECIALISTS, get_task
-from .years import AGE_COLUMN, reports_age
+from .years import AGE_COLUMN
 
 COLUMNS = ("file", "status", "face", "x1", "y1", "x2", "y2", "det_prob", "mask", "mask_prob", "gender",
            "gender_prob", "age", "age_prob", "age_years", "label", "class")  # age_years: age_target=years runs
@@ -268,37 +267,27 @@ def face_crops(image: Image.Image, faces: Sequence[Face], config) -> list[Image.
 
 
 def classify(specialist: Specialist, photos: Sequence[tuple[Image.Image, Sequence[Face]]], settings: DetectSettings,
-             engine: Engine) -> np.ndarray:
-    """(faces, classes) probabilities of every face of ``photos`` in order, averaged over the task's runs."""
-    return classify_with_age(specialist, photos, settings, engine)[0]
-
-
-def classify_with_age(specialist: Specialist, photos: Sequence[tuple[Image.Image, Sequence[Face]]],
-                      settings: DetectSettings, engine: Engine) -> tuple[np.ndarray, np.ndarray | None]:
-    """:func:`classify` plus each face's expected age in years, averaged over the runs that report one
-    (``age_target: years``; None when none does)."""
-    probs, ages = [], []
+             engine: Engine) -> Prediction:
+    """Every face of ``photos`` in order, averaged over the task's runs (the expected age over the runs that report
+    one, ``age_target: years``)."""
+    predictions = []
     for run, model in zip(specialist.runs, specialist.models):
         crops = [crop for image, faces in photos for crop in face_crops(image, faces, run.config)]
         dataset = build_dataset(run.config, range(len(crops)), run.mean, run.std, image_loader=crops.__getitem__)
         views = build_views(tta_views(run.config, settings.tta))
-        desc = f"{specialist.task} {run.run_dir.name}"
-        if reports_age(model):
-            run_probs, run_ages = predict_probs_and_age(model, dataset, engine, views, run.config.batch_size, desc)
-            ages.append(run_ages)
-        else:
-            run_probs = predict_probs(model, dataset, engine, views, run.config.batch_size, desc=desc)
-        probs.append(run_probs)
-    return np.mean(probs, axis=0), np.mean(ages, axis=0) if ages else None
+        predictions.append(predict(model, dataset, engine, views, run.config.batch_size,
+                                   desc=f"{specialist.task} {run.run_dir.name}"))
+    return Prediction.mean(predictions)
 
 
-def face_rows(file: str, size: tuple[int, int], faces: Sequence[Face], probs: dict[str, np.ndarray],
-              ages: np.ndarray | None = None) -> list[dict]:
-    """One row per face (``faces`` left to right, in the pixels of a photo of ``size``; ``probs[task]`` and
-    ``ages`` aligned with them), or one ``no_face`` row."""
+def face_rows(file: str, size: tuple[int, int], faces: Sequence[Face],
+              predictions: dict[str, Prediction]) -> list[dict]:
+    """One row per face (``faces`` left to right, in the pixels of a photo of ``size``; each task's prediction
+    aligned with them), or one ``no_face`` row."""
     if not faces:
         return [{"file": file, "status": "no_face"}]
     width, height = size
+    ages = predictions["age"].age_years  # None: no age_target=years run
     rows = []
     for index, face in enumerate(faces):
         x1, y1, x2, y2 = face.box
@@ -307,10 +296,11 @@ def face_rows(file: str, size: tuple[int, int], faces: Sequence[Face], probs: di
                "y2": min(height, round(y2)), "det_prob": round(face.prob, 4)}
         codes = {}
         for task in SPECIALISTS:
-            codes[task] = int(probs[task][index].argmax())
+            probs = predictions[task].probs
+            codes[task] = int(probs[index].argmax())
             row[task] = get_task(task).class_names[codes[task]]
-            row[f"{task}_prob"] = round(float(probs[task][index, codes[task]]), 4)
-        row[AGE_COLUMN] = None if ages is None else round(float(ages[index]), 1)  # None: no age_target=years run
+            row[f"{task}_prob"] = round(float(probs[index, codes[task]]), 4)
+        row[AGE_COLUMN] = None if ages is None else round(float(ages[index]), 1)
         row["label"] = int(encode(codes["mask"], codes["gender"], codes["age"]))
         row["class"] = class_name(row["label"])
         rows.append(row)
@@ -397,7 +387,7 @@ class FaceChecker:
 
     ``FaceChecker(mask=RUN, age=RUN, gender=RUN)`` answers with the runs named (a run folder, CV or ensemble
     folder, or a list of them, voted) and with the bundled specialist for each task not named; ``settings`` are
-    detect's (:class:`DetectSettings`: MTCNN thresholds, TTA, engine, device). :meth:`predict` refuses an image
+    detect's (:class:`DetectSettings`: MTCNN thresholds, TTA, runtime, device). :meth:`predict` refuses an image
     over ``max_megapixels``, as serve does.
 
     One instance may be shared by threads: :meth:`predict` runs one call at a time under the instance's lock
@@ -475,18 +465,16 @@ class FaceChecker:
         images = [photo.image for photo in photos]
         found = find_faces(images, self.detectors, self.settings.min_prob, self.settings.max_side) if photos else []
         pairs = list(zip(images, found))
-        scored = ({s.task: classify_with_age(s, pairs, self.settings, self.engine) for s in self.specialists}
+        scored = ({s.task: classify(s, pairs, self.settings, self.engine) for s in self.specialists}
                   if any(found) else {})
-        probs = {task: p for task, (p, _) in scored.items()}
-        ages = scored["age"][1] if "age" in scored else None  # age_target=years runs: the expected age
         rows, start = [], 0
         for photo, faces in zip(photos, found):
+            end = start + len(faces)
             at_size = [face_in_image(face, "image", (photo.image.width * photo.scale, photo.image.height * photo.scale),
                                      photo.image.size) for face in faces]  # the decoded pixels x scale
             rows.append(face_rows(photo.name, photo.size, at_size,
-                                  {task: p[start:start + len(faces)] for task, p in probs.items()},
-                                  None if ages is None else ages[start:start + len(faces)]))
-            start += len(faces)
+                                  {task: p[start:end] for task, p in scored.items()}))
+            start = end
         return rows
 
 

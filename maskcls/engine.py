@@ -1,6 +1,6 @@
 """One engine for every task: the Engine owns device, precision, seeding, loaders and distribution (torchrun);
-``train_one_epoch``, ``evaluate`` and ``fit`` are plain functions. Nothing here branches on the task: a task is
-its config, and the loop never branches on distribution: Engine methods hide it (docs/distributed.md).
+``train_one_epoch``, ``validate_one_epoch`` and ``fit`` are plain functions. Nothing here branches on the task: a
+task is its config, and the loop never branches on distribution: Engine methods hide it (docs/distributed.md).
 """
 from __future__ import annotations
 
@@ -228,7 +228,7 @@ def predict_logits(model, loader, engine: Engine, desc: str = "predict") -> tupl
     return engine.gather(loader, torch.cat(logits), torch.cat(targets))
 
 
-def evaluate(model, loader, loss_fn, engine: Engine, num_classes: int) -> dict:
+def validate_one_epoch(model, loader, loss_fn, engine: Engine, num_classes: int) -> dict:
     """Loss, macro F1 and accuracy over the whole set (never averaged per batch), plus the predictions."""
     logits, targets = predict_logits(model, loader, engine, desc="val")
     preds = logits.argmax(1).numpy()
@@ -298,14 +298,15 @@ def build_datasets(config: Config, mean, std) -> TrainData:
 
 def fit(config: Config, resume: Path | None = None) -> Path:
     """Train ``config.task`` and return the run folder; with ``resume``, continue from its last.pt."""
-    from .checkpoint import claim_run_dir, load_checkpoint, save_checkpoint
+    from .checkpoint import (claim_run_dir, epochs_done, load_checkpoint, restore_training_state, save_checkpoint,
+                             training_state)
     from .run_log import RunLog
 
     task = get_task(config.task)
     engine = Engine.from_config(config)
     seed_everything(config.seed)
     state = load_checkpoint(Path(resume) / "last.pt") if resume else None
-    if state is not None and state["epoch"] + 1 >= config.epochs:  # finished: nothing to load or preload
+    if state is not None and epochs_done(state) >= config.epochs:  # finished: nothing to load or preload
         if engine.is_main:
             print(f"{resume}: all {config.epochs} epochs are done; nothing to resume", flush=True)
         engine.close()
@@ -337,11 +338,7 @@ def fit(config: Config, resume: Path | None = None) -> Path:
         run_dir = engine.broadcast(claimed)
     start_epoch, best_f1 = 0, -1.0
     if state is not None:
-        _unwrap(model).load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        engine.scaler.load_state_dict(state["scaler"])
-        start_epoch, best_f1 = state["epoch"] + 1, state["best_f1"]
+        start_epoch, best_f1 = restore_training_state(state, _unwrap(model), optimizer, scheduler, engine.scaler)
     if engine.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         save_config(config, run_dir / "config.yaml")
@@ -360,17 +357,14 @@ def fit(config: Config, resume: Path | None = None) -> Path:
                                                            mix=mix)}
         improved = val_loader is None
         if val_loader is not None:
-            val = evaluate(model, val_loader, loss_fn, engine, task.num_classes)
+            val = validate_one_epoch(model, val_loader, loss_fn, engine, task.num_classes)
             row.update({k: val[k] for k in ("val_loss", "val_f1", "val_acc")})
             improved = val["val_f1"] > best_f1  # higher is better
             best_f1 = max(best_f1, val["val_f1"])
         loss_fn.to(engine.device)
         if engine.is_main:
-            checkpoint = {"model": _unwrap(model).state_dict(), "optimizer": optimizer.state_dict(),
-                          "scheduler": scheduler.state_dict(), "scaler": engine.scaler.state_dict(),
-                          "epoch": epoch, "best_f1": best_f1, "config": config.to_dict(),
-                          "class_names": list(task.class_names), "mean": list(mean), "std": list(std),
-                          "metrics": {k: v for k, v in row.items() if v is not None}}
+            checkpoint = training_state(_unwrap(model), optimizer, scheduler, engine.scaler, epoch, best_f1, config,
+                                        mean, std, metrics=row)
             if improved:
                 save_checkpoint(run_dir / "best.pt", **checkpoint)
                 if val_loader is not None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
+from .checkpoint import run_status
 from .config import Config, ConfigError, save_config
 from .runs import member_dir
 
@@ -71,10 +72,8 @@ def _remove_if_bare(ensemble_dir: Path, made: list[Path]) -> None:
 
 
 def member_statuses(ensemble_dir: Path, members: list[tuple[Config, Path]]) -> list[str]:
-    """Each member's ``new`` / ``unfinished`` / ``finished`` (:func:`maskcls.cv.run_status`); a member trained
+    """Each member's ``new`` / ``unfinished`` / ``finished`` (:func:`maskcls.checkpoint.run_status`); a member trained
     with other settings, or a single run already in the folder, is an error."""
-    from .cv import run_status
-
     if (ensemble_dir / "last.pt").is_file():
         raise ConfigError(f"{ensemble_dir}: holds a single run (last.pt), not an ensemble; pass another name=")
     return [run_status(run_dir, run_config) for run_config, run_dir in members]

@@ -1,10 +1,10 @@
 """ONNX export: one file per run, checked against PyTorch with onnxruntime (``infer.OnnxRunner`` runs it behind
-``--engine onnx``).
+``--runtime onnx``).
 
 Each run's ``<which>.pt`` becomes ``<which>.onnx`` beside it: input ``images`` (batch, 3, img_size,
 img_size), normalised as the run's eval transforms leave them, with a dynamic batch axis; output ``logits``
 (batch, classes). Softmax stays outside the graph, so the file and the PyTorch model answer the same way:
-TTA averages the softmax of each view's logits in ``infer.TTAModel`` for both engines. A deployer takes
+TTA averages the softmax of each view's logits in ``infer.TTAModel`` for both runtimes. A deployer takes
 ``softmax(logits)``; the metadata holds the class names, mean, std and image size to prepare the input.
 
 The export goes through torch's default exporter (``torch.onnx.export(dynamo=True)``, needs ``onnxscript``),
@@ -24,10 +24,9 @@ from .data.crop import file_hash
 from .data.dataset import build_dataset
 from .data.images import PHOTO_SUFFIXES
 from .errors import DataError, ExportError
-from .infer import OnnxRunner, checkpoint_file, load_run, onnx_path
+from .infer import OnnxRunner, checkpoint_file, load_run, onnx_path, output_names
 from .io import atomic_path
 from .tasks import get_task
-from .years import AGE_COLUMN, reports_age
 
 PARITY_ATOL = 1e-4  # max |p_onnx - p_torch| over every class probability of every check image
 CHECK_IMAGES = 8  # real images per parity check: the first in sorted order of the check folder
@@ -75,8 +74,8 @@ def max_prob_diff(model: nn.Module, runner: OnnxRunner, images: torch.Tensor) ->
 def build_onnx_program(model: nn.Module, img_size: int):
     """torch's ONNXProgram of ``model``: ``images`` (batch, 3, img_size, img_size) -> ``logits``, batch dynamic."""
     example = torch.zeros(2, 3, img_size, img_size)  # batch 2: a batch of one would invite the exporter to fix it
-    outputs = ["logits", AGE_COLUMN] if reports_age(model) else ["logits"]
-    model = _BandsAndAge(model) if reports_age(model) else model
+    outputs = list(output_names(model))
+    model = _BandsAndAge(model) if len(outputs) > 1 else model  # the expected age: a second output
     return torch.onnx.export(model.eval(), (example,), input_names=["images"], output_names=outputs, dynamo=True,
                              opset_version=_OPSET, verbose=False, dynamic_shapes=({0: torch.export.Dim("batch")},))
 

@@ -1,7 +1,7 @@
 """Inference shared by every command that predicts (predict and submit, detect, export, a server): a trained run
 loaded for inference, what runs it (PyTorch, or its exported ONNX file on onnxruntime), the test-time
-augmentation views, the images to predict, and probabilities in dataset order (the dataset itself:
-``data.dataset.build_dataset``).
+augmentation views, the images to predict, and one :class:`Prediction` per set of images, in dataset order (the
+dataset itself: ``data.dataset.build_dataset``).
 
 Below the commands: nothing here imports submit, detect, export, combine, evaluate or the CLI
 (docs/architecture.md).
@@ -25,10 +25,10 @@ from .engine import Engine, predict_logits
 from .errors import DataError, ExportError
 from .tasks import get_task
 from .transforms import tta_view_zoom
-from .years import AGE_COLUMN
+from .years import AGE_COLUMN, reports_age
 
 SPLITS = ("eval", "val")
-RUNTIMES = ("torch", "onnx")  # `--engine`: PyTorch eager, or the run's exported ONNX file on onnxruntime
+RUNTIMES = ("torch", "onnx")  # `--runtime`: PyTorch eager, or the run's exported ONNX file on onnxruntime
 
 
 # --- a trained run ----------------------------------------------------------------------------------
@@ -71,6 +71,12 @@ def onnx_path(run_dir: str | Path, which: str = "best") -> Path:
 
 
 # --- what predicts: PyTorch or onnxruntime ----------------------------------------------------------
+
+def output_names(model: nn.Module) -> tuple[str, ...]:
+    """The outputs of ``model`` as its ONNX export names them: ``logits``, and ``age_years`` for a model that
+    reports the expected age (age_target=years)."""
+    return ("logits", AGE_COLUMN) if reports_age(model) else ("logits",)
+
 
 class OnnxRunner(nn.Module):
     """An ONNX file behind the PyTorch model's interface: an images tensor in, a logits tensor out (on the
@@ -126,7 +132,7 @@ def inference_model(run: Run, runtime: str = "torch") -> nn.Module:
         return run.model
     if runtime == "onnx":
         return load_onnx_model(run)
-    raise ValueError(f"engine {runtime!r}: expected one of {', '.join(RUNTIMES)}")
+    raise ValueError(f"runtime {runtime!r}: expected one of {', '.join(RUNTIMES)}")
 
 
 def inference_engine(config: Config, device: str = "auto", workers: int | None = None) -> Engine:
@@ -173,16 +179,26 @@ def tta_views(config: Config, tta: bool) -> tuple[str, ...]:
 
 
 class TTAModel(nn.Module):
-    """Returns the log of the softmax averaged over views, so argmax and ``exp`` give the averaged prediction."""
+    """Per image, the log of the class softmax averaged over views, so argmax and ``exp`` give the averaged
+    prediction; for a model that reports the age (``age_target: years``), the expected age averaged over views
+    as one extra last column (the mean of the views' year distributions has the mean of their expectations)."""
 
     def __init__(self, model: nn.Module, views: Sequence[tuple[str, Callable]]):
         super().__init__()
         self.model = model
         self.views = list(views)
+        self.reports_age = reports_age(model)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        probs = torch.stack([self.model(view(images)).float().softmax(1) for _, view in self.views]).mean(0)
-        return probs.clamp_min(1e-12).log()
+        outputs = [self._scores_and_age(view(images)) for _, view in self.views]
+        log_probs = torch.stack([scores.float().softmax(1) for scores, _ in outputs]).mean(0).clamp_min(1e-12).log()
+        if not self.reports_age:
+            return log_probs
+        ages = torch.stack([age.float() for _, age in outputs]).mean(0)
+        return torch.cat([log_probs, ages[:, None]], dim=1)
+
+    def _scores_and_age(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        return self.model.bands_and_age(images) if self.reports_age else (self.model(images), None)
 
 
 # --- images and probabilities ---------------------------------------------------------------------
@@ -204,35 +220,41 @@ def image_table(config: Config, split: str, data_dir: str | Path) -> pd.DataFram
                          "label": val["label"]})
 
 
-def predict_probs(model: nn.Module, dataset, engine: Engine, views=None, batch_size: int = 64,
-                  desc: str = "predict") -> np.ndarray:
-    """(images, classes) probabilities in dataset order, averaged over ``views`` (default: the original only)."""
-    tta = engine.setup_model(TTAModel(model, views or build_views(())))
-    loader = engine.loader(dataset, batch_size, train=False)
-    log_probs, _ = predict_logits(tta, loader, engine, desc=desc)
-    return log_probs.exp().numpy()
+@dataclass(frozen=True, eq=False)
+class Prediction:
+    """What the runs of one task say about a set of images, in their order: the class probabilities, and the
+    expected age in years where the head has one (``age_target: years``, maskcls.years), else None. predict,
+    submit, detect, export and serve all pass this record along."""
+
+    probs: np.ndarray  # (images, classes)
+    age_years: np.ndarray | None = None  # (images,)
+
+    def __len__(self) -> int:
+        return len(self.probs)
+
+    def __getitem__(self, rows) -> Prediction:
+        """The prediction of some images (a slice or index array)."""
+        return Prediction(self.probs[rows], None if self.age_years is None else self.age_years[rows])
+
+    @staticmethod
+    def mean(predictions: Sequence[Prediction]) -> Prediction:
+        """The soft vote of several runs over the same images; the age over the runs that report one."""
+        ages = [p.age_years for p in predictions if p.age_years is not None]
+        return Prediction(np.mean([p.probs for p in predictions], axis=0), np.mean(ages, axis=0) if ages else None)
+
+    def columns(self) -> dict[str, np.ndarray]:
+        """A prediction table's columns: ``p0..pK-1``, then ``age_years`` where there is an age."""
+        columns = {f"p{k}": self.probs[:, k] for k in range(self.probs.shape[1])}
+        return columns if self.age_years is None else {**columns, AGE_COLUMN: self.age_years}
 
 
-class TTAAgeModel(nn.Module):
-    """Like :class:`TTAModel` for a model that reports the age: per image, the log of the band softmax
-    averaged over views, then the expected age averaged over views (the mean of the views' year
-    distributions has the mean of their expectations), as one extra last column."""
-
-    def __init__(self, model: nn.Module, views):
-        super().__init__()
-        self.model = model
-        self.views = list(views)
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        outputs = [self.model.bands_and_age(view(images)) for _, view in self.views]
-        probs = torch.stack([scores.float().softmax(1) for scores, _ in outputs]).mean(0)
-        ages = torch.stack([age.float() for _, age in outputs]).mean(0)
-        return torch.cat([probs.clamp_min(1e-12).log(), ages[:, None]], dim=1)
-
-
-def predict_probs_and_age(model: nn.Module, dataset, engine, views, batch_size: int = 64,
-                          desc: str = "predict") -> tuple[np.ndarray, np.ndarray]:
-    """((images, classes) probabilities, (images,) expected ages) in dataset order, averaged over ``views``."""
-    tta = engine.setup_model(TTAAgeModel(model, views))
-    outputs, _ = predict_logits(tta, engine.loader(dataset, batch_size, train=False), engine, desc=desc)
-    return outputs[:, :-1].exp().numpy(), outputs[:, -1].numpy()
+def predict(model: nn.Module, dataset, engine: Engine, views=None, batch_size: int = 64,
+            desc: str = "predict") -> Prediction:
+    """Every image of ``dataset`` through ``model``, in order, averaged over ``views`` (default: the original
+    only)."""
+    tta = TTAModel(model, views or build_views(()))
+    outputs, _ = predict_logits(engine.setup_model(tta), engine.loader(dataset, batch_size, train=False), engine,
+                                desc=desc)
+    if tta.reports_age:
+        return Prediction(outputs[:, :-1].exp().numpy(), outputs[:, -1].numpy())
+    return Prediction(outputs.exp().numpy())

@@ -1,7 +1,8 @@
 """Run folders as the commands name them: a run (``runs/<task>/<name>/`` with ``best.pt``), a cross-validation
 folder (``runs/<task>/<name>/fold0..foldK-1/``, written by ``maskcls cv``) or an ensemble folder
 (``runs/<task>/<name>/member0..memberN-1/``, written by ``maskcls train`` with ``ensemble: N``); a folder of
-folds or members stands for its runs. Every command that loads runs calls :func:`expand_runs` at its entry.
+folds or members stands for its runs. Every command that loads runs calls :func:`expand_runs` at its entry
+(through ``bundle.resolve_runs``).
 """
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from .data import DataError
 
 FOLD_NAME = re.compile(r"fold(\d+)")
 MEMBER_NAME = re.compile(r"member(\d+)")
+OOF_FILE = "oof.csv"  # a CV folder's out-of-fold predictions (maskcls cv), read by maskcls audit
 
 
 def fold_dir(cv_dir: str | Path, fold: int) -> Path:

@@ -1,151 +1,22 @@
-"""Predictions and submissions: eval images (or a run's own validation people) through one or several runs of a task, with
-test-time augmentation, voted into one probability table, written as CSV with a JSON note beside it.
-
-The table has one row per image: ``ImageID`` (eval, in ``eval/info.csv`` order) or ``path`` (val, relative
-to the data folder, so runs line up image by image), ``p0..pK-1``, and for val the task's true ``target``
-and the 18-class ``label``. Val truth uses the competition's age bands (``DEFAULT_AGE_BOUNDS``) whatever a
-run trained with, so tuning and scoring see the labels the leaderboard sees. A submission never reads
-``eval/labels.csv``: eval images come from ``eval/info.csv`` only.
+"""``maskcls submit``: each task's runs predict the eval images (prediction tables, ``predictions.py``), the three
+specialists' tables are combined into the 18-class answer per image (``combine.py``, with the tuned bias when
+there is one), and the submission CSV is written in ``eval/info.csv`` order. Eval face crops are cached once
+before any run predicts; an eval image that does not decode fails the command or, when asked, gets a fallback
+answer. A submission never reads ``eval/labels.csv``.
 """
 from __future__ import annotations
 
-import dataclasses
-import json
-import re
 from pathlib import Path
-from typing import Collection, Sequence
+from typing import Sequence
 
-import numpy as np
 import pandas as pd
 
-from .bundle import is_bundled, newest_run, output_dir  # noqa: F401  newest_run: named from here by tests and scripts
+from .bundle import is_bundled
 from .config import Config
 from .data import NUM_CLASSES, DataError, class_name, read_eval_images
-from .data.dataset import build_dataset
 from .engine import pick_device
-from .infer import (Run, build_views, image_table, inference_engine, inference_model, load_run,
-                    predict_probs, predict_probs_and_age, tta_views)
-from .io import atomic_path, atomic_write_text, is_main_process, note_path
-from .runs import run_home
+from .predictions import default_output, predict_runs, predictions_from_table, write_predictions
 from .tasks import SPECIALISTS
-from .years import AGE_COLUMN, reports_age
-
-VOTES = ("soft", "hard")  # soft: mean probability; hard: majority of each run's argmax
-KEY_COLUMNS = {"eval": "ImageID", "val": "path"}
-
-
-def vote(probs: np.ndarray, how: str = "soft") -> np.ndarray:
-    """(runs, images, classes) -> (images, classes). NaN rows are runs that did not predict that image.
-
-    soft: the mean probability. hard: each run votes for its argmax; the result is the vote share with the
-    mean probability mixed in at weight 1/(runs+1), so a tie goes to the more confident class and the argmax
-    is always a majority class (one vote outweighs any difference in mean probability).
-    """
-    probs = np.asarray(probs, dtype=np.float64)
-    present = ~np.isnan(probs).any(axis=2)  # (runs, images)
-    if not present.any(axis=0).all():
-        raise ValueError("every image needs a prediction from at least one run")
-    count = present.sum(axis=0)[:, None]
-    mean = np.where(present[..., None], probs, 0.0).sum(axis=0) / count
-    if how == "soft":
-        return mean
-    if how != "hard":
-        raise ValueError(f"vote {how!r}: expected one of {', '.join(VOTES)}")
-    winners = np.where(present, np.nan_to_num(probs, nan=-1.0).argmax(axis=2), -1)
-    votes = np.stack([(winners == k).sum(axis=0) for k in range(probs.shape[2])], axis=1)
-    return (votes + mean) / (count + 1)
-
-
-def predict_run(run: Run, split: str, data_dir: str | Path, tta: bool = False, device: str = "auto",
-                runtime: str = "torch", skip: Collection[str] = ()) -> pd.DataFrame:
-    """One run's table: key column, ``p0..``, and for val ``target``/``label``; without the images ``skip`` lists
-    (their paths)."""
-    if split == "val" and run.config.val != "fold":
-        raise DataError(f"{run.run_dir}: trained on everyone (val={run.config.val}): it has no validation people")
-    config = dataclasses.replace(run.config, data_dir=str(data_dir))  # crops and caches follow the data
-    rows = image_table(config, split, data_dir)
-    rows = rows[~rows["file"].isin(skip)] if skip else rows
-    views = build_views(tta_views(config, tta))
-    dataset = build_dataset(config, rows["file"], run.mean, run.std)
-    model, desc = inference_model(run, runtime), f"{config.task} {split} {run.run_dir.name}"
-    engine = inference_engine(config, device)
-    table = rows.drop(columns="file")
-    if reports_age(model):  # age_target=years: the expected age in years too, from the same pass
-        probs, ages = predict_probs_and_age(model, dataset, engine, views, config.batch_size, desc)
-        table.insert(1, AGE_COLUMN, ages)
-    else:
-        probs = predict_probs(model, dataset, engine, views, config.batch_size, desc=desc)
-    for k in range(probs.shape[1]):
-        table.insert(1 + k, f"p{k}", probs[:, k])
-    return table
-
-
-def predict_runs(run_dirs: Sequence[str | Path], split: str, data_dir: str | Path, tta: bool = False,
-                 how: str = "soft", which: str = "best", device: str = "auto", task: str | None = None,
-                 runtime: str = "torch", skip: Collection[str] = ()):
-    """(table, note): the runs' predictions voted per image.
-
-    For val each run predicts its own held-out people, and an image is voted over the runs that held it
-    out: runs of one fold give an ensemble, runs of every fold give out-of-fold predictions for everyone.
-    """
-    if not run_dirs:
-        raise DataError("no run given")
-    runs, tables = [], []
-    for run_dir in run_dirs:
-        run = load_run(run_dir, which)
-        if task is not None and run.task != task:
-            raise DataError(f"{run_dir}: is a {run.task} run, not {task}")
-        if runs and run.task != runs[0].task:
-            raise DataError(f"{run_dir}: is a {run.task} run, {runs[0].run_dir} a {runs[0].task} run; "
-                            f"vote only runs of one task")
-        runs.append(run)
-        tables.append(predict_run(run, split, data_dir, tta, device, runtime, skip))
-        run.model = None  # one model in memory at a time
-    return merge_tables(tables, [r.run_dir for r in runs], split, how), {
-        "task": runs[0].task, "split": split, "runs": [str(r.run_dir.resolve()) for r in runs], "which": which,
-        "vote": how, "tta": tta, "views": [name for name, _ in build_views(tta_views(runs[0].config, tta))],
-        "engine": runtime, "data_dir": str(Path(data_dir).resolve())}
-
-
-def merge_tables(tables: Sequence[pd.DataFrame], names: Sequence, split: str, how: str = "soft") -> pd.DataFrame:
-    """Vote per-run tables image by image (keyed, in order of first appearance); their truth must agree."""
-    key = KEY_COLUMNS[split]
-    prob_columns = [c for c in tables[0].columns if re.fullmatch(r"p\d+", c)]
-    keys = list(dict.fromkeys(k for table in tables for k in table[key]))
-    stacked = np.stack([table.set_index(key)[prob_columns].reindex(keys).to_numpy(dtype=np.float64)
-                        for table in tables])
-    out = pd.DataFrame({key: keys})
-    for column, values in zip(prob_columns, vote(stacked, how).T):
-        out[column] = values
-    if all(AGE_COLUMN in table for table in tables):  # the mean expected age over the runs that predicted it
-        out[AGE_COLUMN] = np.nanmean(np.stack([t.set_index(key)[AGE_COLUMN].reindex(keys) for t in tables]), axis=0)
-    for column in ("target", "label"):
-        if column in tables[0]:
-            truth = pd.concat([t.set_index(key)[column] for t in tables])
-            disagree = truth.groupby(level=0).nunique()
-            if (disagree > 1).any():
-                raise DataError(f"{names[0]}: runs disagree on the {column} of {disagree[disagree > 1].index[0]} "
-                                f"(different label_fixes?)")
-            out[column] = truth.groupby(level=0).first().reindex(keys).to_numpy()
-    return out
-
-
-def default_output(run_dirs: Sequence[str | Path], split: str, tta: bool, how: str) -> Path:
-    """``<folder>/pred_<split>[_tta][_<vote><runs>].csv``: the folder is the CV folder when the runs are folds of
-    one, else the first run."""
-    suffix = f"_{how}{len(run_dirs)}" if len(run_dirs) > 1 else ""
-    homes = {run_home(r) for r in run_dirs}
-    folder = homes.pop() if len(run_dirs) > 1 and len(homes) == 1 else Path(run_dirs[0])
-    return output_dir(folder) / f"pred_{split}{'_tta' if tta else ''}{suffix}.csv"
-
-
-def write_predictions(table: pd.DataFrame, path: str | Path, note: dict) -> Path:
-    if not is_main_process():  # under torchrun every rank holds the same table; one writes it
-        return Path(path)
-    with atomic_path(path) as tmp:
-        table.to_csv(tmp, index=False, float_format="%.6g")
-    atomic_write_text(note_path(path), json.dumps(note, indent=1) + "\n")
-    return Path(path)
 
 
 # --- the submit command -----------------------------------------------------------------------------
@@ -226,7 +97,7 @@ def make_submission(runs: dict[str, list[Path]], out: Path, data_dir: Path | Non
     combine with the tuned bias when there is one, write ``out`` atomically. Returns the lines to print
     (``warning:`` lines name unreadable images answered by ``on_bad_image=fallback``)."""
     from .bias import resolve_bias
-    from .combine import answer_counts, predictions_from_table, submission, write_submission
+    from .combine import answer_counts, submission, write_submission
 
     run_dirs = [r for rs in runs.values() for r in rs]
     data_dir = Path(data_dir) if data_dir else common_data_dir(run_dirs, which)

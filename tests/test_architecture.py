@@ -12,22 +12,36 @@ PACKAGE = Path(__file__).resolve().parents[1] / "maskcls"
 # lowest first; a module may import modules of its own layer and of lower ones (docs/architecture.md)
 LAYERS = [
     {"errors", "io", "progress", "metrics", "plots", "transforms", "quantize"},  # leaves
-    {"data"},  # maskcls/data/: layout, labels, fixes, split, images, faces, crop cache, dataset
+    {"data.labels"},  # the 18 classes, age bands
+    {"data.layout"},  # reading and checking the competition layout; DataError
+    {"data.images", "data.fixes", "data.split", "data.faces", "data.sample", "data.samplers", "data.summary"},
+    {"data"},  # the package's own names: load_train, split_images, ...
+    {"data.crop", "data.extra"},  # the crop cache; extra_data folders, routed to their crop caches
+    {"data.dataset"},  # ImageDataset, build_dataset: an image loader and the transforms
     {"tasks", "losses", "years"},  # the task table; the loss registry; the year head (age_target=years)
     {"config"},  # reads the registries below it for its choices
-    {"models", "checkpoint", "run_log", "runs", "bundle"},  # runs: run folders, CV folders; bundle: the shipped runs
+    # runs: run folders, CV folders; bundle: the shipped runs
+    {"models", "checkpoint", "run_log", "runs", "bundle"},
     {"engine"},
-    {"infer", "bias"},  # what commands share: inference; per-class biases
-    {"evaluate", "combine", "submit", "detect", "export", "cv", "ensemble", "audit", "serve"},  # the commands
+    {"infer"},  # inference: a run, what runs it, TTA, one Prediction per set of images
+    {"bias", "predictions"},  # per-class biases; prediction tables: predict, vote, write, read
+    {"evaluate"},  # the commands from here up; scores a submission
+    {"combine"},  # scores with evaluate's score
+    {"submit", "cv", "ensemble", "audit", "export", "detect"},  # SEPARATE: none imports another
+    {"serve"},  # a server around detect's FaceChecker
     {"cli", "__main__"},
 ]
-COMMANDS = LAYERS[-2]
+COMMANDS = {"evaluate", "combine", "submit", "cv", "ensemble", "audit", "export", "detect", "serve"}
+SEPARATE = [LAYERS[-3]]  # layers whose modules never import each other
+# crop and extra import each other (inside functions): one unit for the loop check until that is broken
+SAME_UNIT = {"data.extra": "data.crop"}
 
 
 def unit(module: str) -> str:
-    """The layer table's name for ``maskcls.x.y``: ``data`` for anything under maskcls/data/, else ``x``."""
+    """The layer table's name for ``maskcls.x``: ``x``, or ``data.x`` for ``maskcls.data.x`` (``data`` for the
+    package itself)."""
     parts = module.split(".")[1:]
-    return parts[0] if parts else ""
+    return ".".join(parts[:2]) if parts[:1] == ["data"] else (parts[0] if parts else "")
 
 
 def module_name(path: Path, root: Path) -> str:
@@ -76,25 +90,34 @@ def layer_of(module: str) -> int | None:
 
 
 def violations(graph: dict[str, set[str]]) -> list[str]:
-    """Every broken rule, one line each: a module in no layer, an import upwards, an import loop."""
+    """Every broken rule, one line each: a module in no layer, an import upwards, an import between the modules
+    of a separate layer, an import loop."""
     found = []
     for module, imported in sorted(graph.items()):
         if unit(module) and layer_of(module) is None:
             found.append(f"{module}: in no layer of docs/architecture.md (add it to LAYERS)")
             continue
         for other in sorted(imported):
-            if unit(other) and unit(module) and (layer_of(other) or 0) > (layer_of(module) or 0):
+            if not (unit(other) and unit(module)) or unit(other) == unit(module):
+                continue
+            if (layer_of(other) or 0) > (layer_of(module) or 0):
                 found.append(f"{module} imports {other}, a higher layer")
+            elif any({unit(module), unit(other)} <= layer for layer in SEPARATE):
+                found.append(f"{module} imports {other}, of its own layer: move what they share below both")
     found += [f"import loop: {' -> '.join(loop)}" for loop in loops(graph)]
     return found
 
 
 def loops(graph: dict[str, set[str]]) -> list[list[str]]:
-    """One cycle per strongly tangled start, found by depth-first search (between units, so a package's
-    ``__init__`` importing its own submodules is no loop)."""
+    """One cycle per strongly tangled start, found by depth-first search between units (the modules of a unit
+    may import each other)."""
+    def loop_unit(module):
+        return SAME_UNIT.get(unit(module), unit(module))
+
     units: dict[str, set[str]] = {}
     for module, imported in graph.items():
-        units.setdefault(unit(module), set()).update(unit(m) for m in imported if unit(m) != unit(module))
+        units.setdefault(loop_unit(module), set()).update(loop_unit(m) for m in imported
+                                                          if loop_unit(m) != loop_unit(module))
     found, done = [], set()
 
     def visit(node, path):
@@ -118,8 +141,18 @@ def test_the_package_keeps_the_import_rules():
 
 def test_data_imports_no_engine_cli_or_command():
     for module, imported in import_graph().items():
-        if unit(module) == "data":
-            assert not {unit(m) for m in imported} & ({"engine", "cli", "infer", "models", "checkpoint"} | COMMANDS), module
+        if unit(module).split(".")[0] == "data":
+            higher = {"engine", "cli", "infer", "models", "checkpoint"} | COMMANDS
+            assert not {unit(m) for m in imported} & higher, module
+
+
+def test_commands_share_through_lower_modules_only():
+    """A command imports another only where the drawing says so: submit uses combine, combine uses evaluate's
+    scores, serve serves detect's FaceChecker."""
+    graph = import_graph()
+    between = {(unit(m), unit(o)) for m, imported in graph.items() for o in imported
+               if unit(m) in COMMANDS and unit(o) in COMMANDS and unit(m) != unit(o)}
+    assert between == {("submit", "combine"), ("combine", "evaluate"), ("serve", "detect")}
 
 
 def test_infer_imports_no_command_and_nothing_imports_the_cli():
@@ -128,17 +161,20 @@ def test_infer_imports_no_command_and_nothing_imports_the_cli():
     assert [m for m, imported in graph.items() if "maskcls.cli" in imported] == ["maskcls.__main__"]
 
 
-@pytest.mark.parametrize("source, rule", [
-    ("from ..engine import Engine\n", "maskcls.data.x imports maskcls.engine, a higher layer"),
-    ("def f():\n    from .. import cli\n", "maskcls.data.x imports maskcls.cli, a higher layer"),
+@pytest.mark.parametrize("module, source, rule", [
+    ("data/labels.py", "from ..engine import Engine\n", "maskcls.data.labels imports maskcls.engine, a higher layer"),
+    ("data/labels.py", "def f():\n    from .. import cli\n", "maskcls.data.labels imports maskcls.cli, a higher layer"),
+    ("data/layout.py", "from .crop import x\n", "maskcls.data.layout imports maskcls.data.crop, a higher layer"),
+    ("cv.py", "def f():\n    from .submit import x\n",
+     "maskcls.cv imports maskcls.submit, of its own layer: move what they share below both"),
 ])
-def test_the_checker_catches_an_upward_import(tmp_path, source, rule):
+def test_the_checker_catches_an_upward_or_sideways_import(tmp_path, module, source, rule):
     root = tmp_path / "maskcls"
     (root / "data").mkdir(parents=True)
-    for name in ("__init__.py", "engine.py", "cli.py", "data/__init__.py"):
+    for name in ("__init__.py", "engine.py", "cli.py", "submit.py", "data/__init__.py", "data/crop.py"):
         (root / name).write_text("")
-    (root / "data" / "x.py").write_text(source)
-    assert rule in violations(import_graph(root))
+    (root / module).write_text(source)
+    assert violations(import_graph(root)) == [rule]
 
 
 def test_the_checker_catches_a_loop_and_a_module_in_no_layer(tmp_path):

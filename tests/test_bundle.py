@@ -234,13 +234,13 @@ def test_export_onnx_of_the_bundle_goes_to_the_user_cache_and_engine_onnx_finds_
     pytest.importorskip("onnxscript")
     pytest.importorskip("onnxruntime")
     photo = portrait_file(tmp_path)
-    result = run("detect", photo, "--bundled", "--engine", "onnx", "--out", tmp_path / "d.csv")
+    result = run("detect", photo, "--bundled", "--runtime", "onnx", "--out", tmp_path / "d.csv")
     assert result.exit_code == 1 and f"{onnx_path(bundle.run_dir('mask'))}: no ONNX export" in result.stderr
     result = run("export", "onnx", "--bundled", "--check-images", tmp_path)
     assert result.exit_code == 0, result.output
     assert all(f"wrote {onnx_path(bundle.run_dir(task))}" in result.stdout for task in SPECIALISTS)
     assert not list(bundle.root.rglob("*.onnx"))
-    onnx_rows = run("detect", photo, "--bundled", "--engine", "onnx", "--out", tmp_path / "onnx.csv")
+    onnx_rows = run("detect", photo, "--bundled", "--runtime", "onnx", "--out", tmp_path / "onnx.csv")
     torch_rows = run("detect", photo, "--bundled", "--out", tmp_path / "torch.csv")
     assert onnx_rows.exit_code == torch_rows.exit_code == 0, onnx_rows.output
     onnx_table, torch_table = pd.read_csv(tmp_path / "onnx.csv"), pd.read_csv(tmp_path / "torch.csv")

@@ -30,8 +30,9 @@ def test_help_lists_the_commands():
     assert "data" in result.stdout and "demo" in result.stdout
     result = run("data", "--help")
     assert result.exit_code == 0
-    for command in ("check", "summary", "sample"):
+    for command in ("check", "summary", "synth"):
         assert command in result.stdout
+    assert "sample" not in result.stdout  # the old name works, unlisted
 
 
 @pytest.mark.parametrize("args", [(), ("data",)])
@@ -140,13 +141,18 @@ def test_summary_with_a_bad_fixes_file(sample_dataset, tmp_path):
     assert "label-fixes file does not exist" in result.stderr
 
 
-def test_sample_writes_a_dataset_that_checks(tmp_path):
+def test_synth_writes_a_dataset_that_checks(tmp_path):
     out = tmp_path / "tiny"
-    result = run("data", "sample", out, "--people", "3", "--eval-people", "1", "--seed", "5")
+    result = run("data", "synth", out, "--people", "3", "--eval-people", "1", "--seed", "5")
     assert result.exit_code == 0, result.output
-    assert "wrote 3 train and 1 eval people" in result.stdout
+    assert "wrote 3 train and 1 eval people" in result.stdout and not result.stderr
     assert len(profile_folders(out)) == 3
     assert check_dataset(out) == []
+    # the old name still works, with a one-line note
+    result = run("data", "sample", tmp_path / "old", "--people", "3", "--eval-people", "1", "--seed", "5")
+    assert result.exit_code == 0, result.output
+    assert result.stderr.strip() == "note: `maskcls data sample` is now `maskcls data synth`"
+    assert sorted(p.name for p in profile_folders(tmp_path / "old")) == sorted(p.name for p in profile_folders(out))
 
 
 def test_demo_runs_the_main_job(tmp_path):

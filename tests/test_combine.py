@@ -12,7 +12,8 @@ from typer.testing import CliRunner
 
 from maskcls.cli import app
 from maskcls.bias import Bias, load_bias, person_of, resolve_bias, save_bias, tune_bias
-from maskcls.combine import Predictions, combine
+from maskcls.combine import combine
+from maskcls.predictions import PredictionTable
 from maskcls.data import DataError, decode, read_eval_images
 from maskcls.metrics import macro_f1
 
@@ -63,7 +64,7 @@ def test_combine_arithmetic_for_all_18_classes():
     triples = list(itertools.product(range(3), range(2), range(3)))  # mask, gender, age
     masks, genders, ages = (np.array(column) for column in zip(*triples))
     keys = np.array([f"{i}.jpg" for i in range(18)])
-    predictions = {task: Predictions(None, task, "ImageID", keys, one_hot(classes, CLASSES[task]))
+    predictions = {task: PredictionTable(None, task, "ImageID", keys, one_hot(classes, CLASSES[task]))
                    for task, classes in (("mask", masks), ("gender", genders), ("age", ages))}
     answers = combine(predictions)
     assert answers.tolist() == [m * 6 + g * 3 + a for m, g, a in triples]
@@ -188,9 +189,9 @@ def rare_old_band(n=300, seed=0):
     age_probs[some_middle] = [0.05, 0.75, 0.20]  # ... and a little lower for some middle-aged
     labels = mask * 6 + gender * 3 + age
     keys = np.array([f"train/images/{i:04d}/mask1.jpg" for i in range(n)])
-    predictions = {"mask": Predictions(None, "mask", "path", keys, one_hot(mask, 3), labels),
-                   "gender": Predictions(None, "gender", "path", keys, one_hot(gender, 2), labels),
-                   "age": Predictions(None, "age", "path", keys, age_probs, labels)}
+    predictions = {"mask": PredictionTable(None, "mask", "path", keys, one_hot(mask, 3), labels),
+                   "gender": PredictionTable(None, "gender", "path", keys, one_hot(gender, 2), labels),
+                   "age": PredictionTable(None, "age", "path", keys, age_probs, labels)}
     return predictions, labels
 
 
@@ -217,9 +218,9 @@ def test_bias_tuning_with_groups_refuses_a_gain_that_one_person_carries():
     zeros = np.zeros(len(age), dtype=int)
     labels = age  # mask 0, gender 0
     keys = np.array([f"train/images/{person}/mask{i % 5 + 1}.jpg" for i, person in enumerate(people)])
-    predictions = {"mask": Predictions(None, "mask", "path", keys, one_hot(zeros, 3), labels),
-                   "gender": Predictions(None, "gender", "path", keys, one_hot(zeros, 2), labels),
-                   "age": Predictions(None, "age", "path", keys, age_probs, labels)}
+    predictions = {"mask": PredictionTable(None, "mask", "path", keys, one_hot(zeros, 3), labels),
+                   "gender": PredictionTable(None, "gender", "path", keys, one_hot(zeros, 2), labels),
+                   "age": PredictionTable(None, "age", "path", keys, age_probs, labels)}
     plain, before, after = tune_bias(probs_of(predictions), labels)
     assert after > before and plain.values["age"][2] > plain.values["age"][1]  # the offset helps overall ...
     guarded, before, after = tune_bias(probs_of(predictions), labels, groups=[person_of(k) for k in keys])

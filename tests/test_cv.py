@@ -11,12 +11,15 @@ import pandas as pd
 import pytest
 
 from conftest import TINY_TRAIN, cli, untrained_run
-from maskcls.checkpoint import save_checkpoint
+from maskcls.bundle import newest_run
+from maskcls.checkpoint import run_status, save_checkpoint
 from maskcls.config import ConfigError, load_config
-from maskcls.cv import run_cv, run_status, write_oof
+from maskcls.cv import run_cv, write_oof
 from maskcls.data import DataError, fold_of_people, load_train
+from maskcls.infer import load_run
+from maskcls.predictions import predict_run
 from maskcls.runs import expand_runs, run_home
-from maskcls.submit import load_run, newest_run, predict_run
+
 
 @pytest.fixture(scope="module")
 def mask_cv(tiny_faces, tmp_path_factory):

@@ -175,8 +175,8 @@ def test_repeated_runs_of_a_task_are_averaged(project, tmp_path):
     runs = [load_run(project / "mask" / "exp"), load_run(make_run(tmp_path, "mask", "seed1", 1))]
     photos = [(portrait(), [Face((45.0, 30.0, 85.0, 90.0), 0.99), Face((10.0, 10.0, 40.0, 50.0), 0.95)])]
     engine = Engine(torch.device("cpu"), amp=False, channels_last=False)
-    alone = [classify(Specialist("mask", [r], [r.model]), photos, DetectSettings(), engine) for r in runs]
-    both = classify(Specialist("mask", runs, [r.model for r in runs]), photos, DetectSettings(), engine)
+    alone = [classify(Specialist("mask", [r], [r.model]), photos, DetectSettings(), engine).probs for r in runs]
+    both = classify(Specialist("mask", runs, [r.model for r in runs]), photos, DetectSettings(), engine).probs
     assert both.shape == (2, 3) and not np.allclose(alone[0], alone[1])
     assert np.allclose(both, (alone[0] + alone[1]) / 2, atol=1e-6)
 

@@ -18,9 +18,9 @@ import torch
 from maskcls.checkpoint import load_model
 from maskcls.data.sample import make_sample_dataset
 from maskcls.data.samplers import DistributedWeightedSampler, ShardedSampler
-from maskcls.engine import Engine, build_datasets, evaluate, predict_logits
+from maskcls.engine import Engine, build_datasets, predict_logits, validate_one_epoch
 from maskcls.losses import build_loss
-from maskcls.submit import predict_runs, write_predictions
+from maskcls.predictions import predict_runs, write_predictions
 from maskcls.tasks import get_task
 
 TINY = ["backbone=test_efficientnet", "pretrained=none", "crop=none", "img_size=32", "batch_size=16", "workers=0",
@@ -78,8 +78,8 @@ def test_gathered_val_metrics_equal_one_process_on_the_same_checkpoint(two_proce
     model, config, data, loader = val_loader(run_dir, engine, odd=False)
     assert len(loader.dataset) % 2 == 1  # 35 images: shares of 18 and 17, padding would repeat one
     num_classes = get_task("age").num_classes
-    val = evaluate(engine.setup_model(model), loader, build_loss(config, num_classes, data.class_counts), engine,
-                   num_classes)
+    loss_fn = build_loss(config, num_classes, data.class_counts)
+    val = validate_one_epoch(engine.setup_model(model), loader, loss_fn, engine, num_classes)
     assert val["val_f1"] == pytest.approx(logged["val_f1"], abs=1e-12)
     assert val["val_loss"] == pytest.approx(logged["val_loss"], rel=1e-5)  # every image once, same BN statistics
     assert val["val_acc"] == pytest.approx(logged["val_acc"], abs=1e-12)

@@ -12,12 +12,15 @@ import pytest
 import yaml
 from conftest import TINY_TRAIN, cli, truncate
 
+from maskcls.bundle import newest_run
 from maskcls.config import ConfigError, load_config
 from maskcls.cv import run_cv
 from maskcls.data import DataError
 from maskcls.ensemble import train_ensemble
+from maskcls.infer import load_run
+from maskcls.predictions import predict_run
 from maskcls.runs import expand_runs, run_home
-from maskcls.submit import load_run, newest_run, predict_run
+
 
 @pytest.fixture(scope="module")
 def gender_ensemble(tiny_faces, tmp_path_factory):

@@ -21,8 +21,8 @@ from maskcls.cli import app
 from maskcls.config import ConfigError, load_config
 from maskcls.data import DEFAULT_AGE_BOUNDS, age_band, decode, load_train, read_eval_images
 from maskcls.engine import Engine
-from maskcls.infer import build_views, predict_probs, tta_views
-from maskcls.submit import vote
+from maskcls.infer import Prediction, build_views, predict, tta_views
+from maskcls.predictions import vote
 
 runner = CliRunner()
 TINY = ["backbone=test_efficientnet", "pretrained=none", "crop=none", "img_size=32", "batch_size=8", "folds=3", "preload=false"]
@@ -63,8 +63,10 @@ def test_tta_averages_the_probabilities_of_the_original_and_flipped_views():
     dataset = TensorDataset(images, torch.zeros(4, dtype=torch.long))
     engine = Engine(torch.device("cpu"), amp=False, channels_last=False)
     model = LeftRight()
-    plain = predict_probs(model, dataset, engine, batch_size=3)
-    both = predict_probs(model, dataset, engine, build_views(["flip"]), batch_size=3)
+    plain = predict(model, dataset, engine, batch_size=3)
+    both = predict(model, dataset, engine, build_views(["flip"]), batch_size=3)
+    assert plain.age_years is None and list(both.columns()) == ["p0", "p1", "p2"]  # no age head: no age column
+    plain, both = plain.probs, both.probs
     with torch.no_grad():
         original = model(images).softmax(1).numpy()
         flipped = model(torch.flip(images, dims=[3])).softmax(1).numpy()
@@ -72,6 +74,33 @@ def test_tta_averages_the_probabilities_of_the_original_and_flipped_views():
     assert np.allclose(plain, original, atol=1e-6)
     assert np.allclose(both, (original + flipped) / 2, atol=1e-6)
     assert np.allclose(both.sum(1), 1)
+
+
+class LeftRightAge(LeftRight):
+    """LeftRight with an age head as a year model has one: the expected age is ten times the left half's mean."""
+
+    reports_age = True
+
+    def bands_and_age(self, images):
+        return self(images), 10 * images[..., : images.shape[3] // 2].mean((1, 2, 3))
+
+
+def test_a_prediction_carries_the_age_of_a_year_head_averaged_over_the_views():
+    images = torch.zeros(4, 3, 8, 8)
+    images[..., :4] = torch.tensor([1.0, 0.5, -0.5, 2.0])[:, None, None, None]
+    dataset = TensorDataset(images, torch.zeros(4, dtype=torch.long))
+    engine = Engine(torch.device("cpu"), amp=False, channels_last=False)
+    model = LeftRightAge()
+    plain, flip = (predict(model, dataset, engine, build_views(views), batch_size=3) for views in ([], ["flip"]))
+    assert np.allclose(plain.age_years, [10.0, 5.0, -5.0, 20.0], atol=1e-5)
+    assert np.allclose(flip.age_years, plain.age_years / 2, atol=1e-5)  # the flipped view's left half is zero
+    assert np.allclose(flip.probs, predict(LeftRight(), dataset, engine, build_views(["flip"]), batch_size=3).probs)
+    assert list(flip.columns()) == ["p0", "p1", "p2", "age_years"]
+    # runs voted: the mean probability, and the mean age of the runs that report one
+    voted = Prediction.mean([plain, Prediction(flip.probs)])
+    assert np.allclose(voted.probs, (plain.probs + flip.probs) / 2) and np.array_equal(voted.age_years, plain.age_years)
+    assert Prediction.mean([Prediction(flip.probs)] * 2).age_years is None
+    assert np.array_equal(plain[1:3].age_years, plain.age_years[1:3]) and len(plain[1:3]) == 2
 
 
 def test_views_by_name():
@@ -211,7 +240,7 @@ def _project_of(runs, tmp_path):
 
 def test_one_undecodable_eval_image_fails_by_default_and_falls_back_when_asked(runs, dataset_copy, tmp_path,
                                                                                monkeypatch):
-    import maskcls.submit as submit_module
+    import maskcls.predictions as predictions_module
 
     ids = read_eval_images(dataset_copy)["ImageID"].tolist()
     broken = dataset_copy / "eval" / "images" / ids[2]
@@ -223,10 +252,9 @@ def test_one_undecodable_eval_image_fails_by_default_and_falls_back_when_asked(r
     assert f"{broken}: image does not decode" in result.stderr and not out.exists()
 
     batches = []  # the readable images are still predicted together, one dataset per task and run
-    for name in ("predict_probs", "predict_probs_and_age"):  # the age run (a year head) reports ages too
-        real = getattr(submit_module, name)
-        monkeypatch.setattr(submit_module, name, lambda model, dataset, *a, real=real, **k:
-                            batches.append(len(dataset)) or real(model, dataset, *a, **k))
+    real = predictions_module.predict
+    monkeypatch.setattr(predictions_module, "predict", lambda model, dataset, *a, **k:
+                        batches.append(len(dataset)) or real(model, dataset, *a, **k))
     result = run("submit", "--project", project, "--data-dir", dataset_copy, "--out", out, "--on-bad-image", "fallback")
     assert result.exit_code == 0, result.output
     assert batches == [len(ids) - 1] * 3

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 import yaml
 
 from maskcls import engine as engine_module
-from maskcls.checkpoint import load_checkpoint
+from maskcls.checkpoint import load_checkpoint, restore_training_state, save_checkpoint, training_state
 from maskcls.config import load_config
 from maskcls.data.sample import make_sample_dataset
 from maskcls.engine import fit, lr_factor
@@ -114,6 +114,30 @@ def test_resume_after_interruption_matches_an_uninterrupted_run(tiny_data, tmp_p
     assert fit(config, resume=run_dir) == run_dir
     assert (run_dir / "last.pt").read_bytes() == before
     assert len(pd.read_csv(run_dir / "results.csv")) == 3
+
+def test_a_training_state_restores_every_object_it_was_taken_from(tmp_path):
+    config = load_config("mask", TINY)
+    objects = []
+    for seed in (0, 1):  # the second set starts elsewhere: the restore must overwrite all of it
+        torch.manual_seed(seed)
+        model = torch.nn.Linear(4, 3)
+        optimizer = torch.optim.AdamW(model.parameters(), lr=0.1)
+        scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=1, gamma=0.5)
+        model(torch.randn(2, 4)).sum().backward()
+        optimizer.step()
+        scheduler.step()
+        objects.append((model, optimizer, scheduler, torch.amp.GradScaler("cuda", enabled=False)))
+    save_checkpoint(tmp_path / "last.pt", **training_state(*objects[0], 4, 0.5, config, (0.5,) * 3, (0.25,) * 3,
+                                                           metrics={"train_loss": 1.0, "val_f1": None}))
+    state = load_checkpoint(tmp_path / "last.pt")
+    assert state["class_names"] == ["wear", "incorrect", "not_wear"] and state["metrics"] == {"train_loss": 1.0}
+    assert restore_training_state(state, *objects[1]) == (5, 0.5)  # resume at the next epoch
+    (model, optimizer, scheduler, _), (restored, restored_optimizer, restored_scheduler, _) = objects
+    assert torch.equal(model.weight, restored.weight)
+    assert restored_scheduler.get_last_lr() == scheduler.get_last_lr() == [0.05]
+    moments = [o.state_dict()["state"][0]["exp_avg"] for o in (optimizer, restored_optimizer)]
+    assert torch.equal(*moments)
+
 
 def test_focal_loss_by_hand():
     logits = torch.tensor([[2.0, 0.0, 0.0], [0.0, 1.0, 0.0]])

@@ -12,7 +12,7 @@ from maskcls.config import ConfigError, load_config
 from maskcls.data.sample import make_sample_dataset
 from maskcls.engine import fit
 from maskcls.models import build_model
-from maskcls.submit import predict_runs
+from maskcls.predictions import predict_runs
 from maskcls.tasks import get_task
 from maskcls.years import YearsModel, YearsToBands, year_band_matrix, year_distribution, year_targets
 
