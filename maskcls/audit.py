@@ -36,7 +36,7 @@ import pandas as pd
 from .combine import read_predictions
 from .data import DataError, decode, load_train
 from .data.labels import AGE_NAMES, GENDER_NAMES, MASK_NAMES
-from .io import atomic_write_csv, atomic_write_text
+from .io import atomic_write_csv, atomic_write_text, check_writable
 
 KINDS = ("gender", "incorrect_normal_swap", "age", "mask")
 PART = {"mask": 0, "gender": 1, "age": 2}  # which part of decode(label) is each task's class
@@ -71,18 +71,41 @@ def load_task_table(path: str | Path, task: str, data_dir: str | Path) -> TaskTa
     predictions = read_predictions(oof_file(path), task)
     if predictions.split != "val" or predictions.label is None:
         raise DataError(f"{predictions.path}: needs out-of-fold validation predictions with labels (maskcls cv)")
+    labels = decode(predictions.label)[PART[task]]
+    _check_task(predictions, task, labels)
     images = load_train(data_dir)
     images["key"] = [Path(p).relative_to(data_dir).as_posix() for p in images["path"]]
     found = images.set_index("key").reindex(predictions.keys)
     if found["person"].isna().any():
         missing = predictions.keys[found["person"].isna().to_numpy()][0]
         raise DataError(f"{predictions.path}: image {missing} is not in {Path(data_dir) / 'train'}")
-    labels = decode(predictions.label)[PART[task]]
+    if len(predictions.keys) < len(images):  # each key is an image (no duplicate, none foreign): some are missing
+        missing = images["key"][~images["key"].isin(predictions.keys)].iloc[0]
+        raise DataError(f"{predictions.path}: covers {len(predictions.keys)} of the {len(images)} training images "
+                        f"(none for {missing}); truncated? out-of-fold predictions cover every image once")
     table = pd.DataFrame({"path": predictions.keys, "file": found["path"].to_numpy(),
                           "person": found["person"].to_numpy(), "folder": [Path(k).parent.name for k in predictions.keys],
                           "stem": found["stem"].to_numpy(), "label": labels})
     quality, issue = cleanlab_verdicts(labels, predictions.probs)
     return TaskTable(task, table, predictions.probs, quality, issue)
+
+
+def _check_task(predictions, task: str, labels: np.ndarray) -> None:
+    """The table is ``task``'s: its CV folder's summary says so (its own note is checked as it is read), and its
+    ``target`` column is the ``task`` class of each label (mask and age both have three classes)."""
+    from .cv import SUMMARY_FILE
+
+    summary = predictions.path.parent / SUMMARY_FILE
+    try:
+        said = json.loads(summary.read_text()).get("task") if summary.is_file() else None
+    except (json.JSONDecodeError, AttributeError):
+        raise DataError(f"{summary}: not a maskcls cv summary") from None
+    if said not in (None, task):
+        raise DataError(f"{predictions.path}: holds {said} predictions (see {summary.name}), not {task}")
+    target = pd.read_csv(predictions.path, usecols=lambda column: column == "target")
+    if "target" in target and (target["target"].to_numpy() != labels).any():
+        raise DataError(f"{predictions.path}: its target column is not the {task} class of its labels; another "
+                        f"task's out-of-fold predictions?")
 
 
 def cleanlab_verdicts(labels: np.ndarray, probs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -272,9 +295,10 @@ def run_audit(data_dir: str | Path, cvs: dict[str, str | Path | None], out_dir: 
         raise DataError("audit needs at least one of --mask, --gender, --age (a CV folder or its oof.csv)")
     if not Path(data_dir).is_dir():
         raise DataError(f"{data_dir}: dataset folder does not exist")
+    out_dir = Path(out_dir) if out_dir else oof_file(next(iter(given.values()))).resolve().parent.parent.parent / "audit"
+    check_writable(out_dir, folder=True)
     tables = {task: load_task_table(path, task, data_dir) for task, path in given.items()}
     suspects = rank_suspects(tables)
-    out_dir = Path(out_dir) if out_dir else oof_file(next(iter(given.values()))).resolve().parent.parent.parent / "audit"
     atomic_write_csv(out_dir / "audit.csv", suspects, float_format="%.4f")
     source = ", ".join(f"{task} {oof_file(path)}" for task, path in given.items())
     atomic_write_text(out_dir / "fixes_suggested.yaml", suggested_fixes(suspects, source))

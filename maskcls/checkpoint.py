@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import pickle
 from pathlib import Path
 
 import torch
@@ -20,12 +21,22 @@ def save_checkpoint(path: Path, **state) -> None:
 def load_checkpoint(path: Path) -> dict:
     path = Path(path)
     if not path.is_file():
+        folder = path.parent
+        if folder.is_dir() and not (folder / "config.yaml").is_file() and not any(folder.glob("*.pt")):
+            raise CheckpointError(f"{folder}: not a maskcls run (no {path.name}, no config.yaml)")
         raise CheckpointError(f"{path}: checkpoint does not exist")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:
-        raise CheckpointError(f"{path}: cannot be read as a maskcls checkpoint ({type(err).__name__}: {err})") from None
-    if isinstance(state, dict) and isinstance(state.get("model"), dict):
+    except Exception as err:  # torch's own messages are paragraphs (zip readers, weights_only advice)
+        with open(path, "rb") as file:
+            head = file.read(4)
+        # torch.save writes a zip: one that does not read is cut short, unless it unpickles Python objects
+        damaged = head == b"" or (head == b"PK\x03\x04" and not isinstance(err, pickle.UnpicklingError))
+        raise CheckpointError(f"checkpoint {path} is damaged (truncated?)" if damaged else
+                              f"{path}: not a maskcls checkpoint") from None
+    if not isinstance(state, dict) or "config" not in state:
+        raise CheckpointError(f"{path}: not a maskcls checkpoint (no config inside)")
+    if isinstance(state.get("model"), dict):
         state["model"] = expand_state(state["model"])  # a bundled checkpoint's packed weights, as float32
     return state
 

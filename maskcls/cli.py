@@ -10,7 +10,7 @@ from typing import Annotated, List, Optional
 import typer
 from typer.core import TyperGroup
 
-from .data.faces import DETECTORS, CropSettings
+from .data.faces import DETECTORS, MARGIN_RANGE, CropSettings
 from .data.labels import DEFAULT_AGE_BOUNDS
 from .errors import MaskclsError
 from .tasks import SPECIALISTS, TASKS
@@ -30,6 +30,17 @@ class _Commands(TyperGroup):
             return super().invoke(ctx)
         except MaskclsError as err:
             fail(str(err))
+        except typer.BadParameter as err:  # an option's value out of its range or choices, as a bad config value
+            if type(err) is not typer.BadParameter:  # MissingParameter: a missing argument stays a usage error
+                raise
+            fail(_bad_parameter(err))
+
+
+def _bad_parameter(err: typer.BadParameter) -> str:
+    """click's message, which names the option, with the value given (typer's range check omits it)."""
+    errors = getattr(err.__cause__, "errors", lambda: [])()
+    given = f" (got {errors[0]['input']})" if errors and "input" in errors[0] else ""
+    return " ".join(f"{err.format_message()}{given}".split())
 
 
 app = typer.Typer(cls=_Commands, add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -81,11 +92,12 @@ def data_summary(
     from .data import class_name, load_train
     from .data.labels import check_age_bounds
     from .data.summary import class_counts, format_summary
+    from .io import check_writable
     from .plots import plot_class_counts
 
+    out = check_writable(out or data_dir.resolve().parent / f"{data_dir.resolve().name}_classes.png")
     images = load_train(data_dir, check_age_bounds(age_bounds, "--age-bounds "), label_fixes)
     typer.echo(format_summary(images))
-    out = out or data_dir.resolve().parent / f"{data_dir.resolve().name}_classes.png"
     plot_class_counts(class_counts(images).tolist(), [class_name(i) for i in range(18)], out,
                       title=f"{data_dir}: images per class")
     typer.echo(f"\nwrote {out}")
@@ -94,15 +106,28 @@ def data_summary(
 @data_app.command("sample")
 def data_sample(
     out_dir: Annotated[Path, typer.Argument(help="Folder to write train/ and eval/ into.")],
-    people: Annotated[int, typer.Option(help="Train people (7 images each).")] = 60,
-    eval_people: Annotated[int, typer.Option(help="Eval people.")] = 20,
-    seed: Annotated[int, typer.Option()] = 0,
+    people: Annotated[int, typer.Option(min=1, help="Train people (7 images each).")] = 60,
+    eval_people: Annotated[int, typer.Option(min=1, help="Eval people.")] = 20,
+    seed: Annotated[int, typer.Option(min=0)] = 0,
 ):
     """Generate a small synthetic dataset in the competition layout."""
     from .data.sample import make_sample_dataset
+    from .io import check_writable
 
+    check_writable(out_dir, folder=True)
     make_sample_dataset(out_dir, people=people, eval_people=eval_people, seed=seed)
     typer.echo(f"wrote {people} train and {eval_people} eval people to {out_dir}")
+
+
+def _check_outputs(config, resume: Path | None = None) -> None:
+    """The folders a training writes, checked before it reads an image: its run folder, and the crop cache
+    that crop=mtcnn fills with the faces it detects."""
+    from .data.crop import resolve_cache_dir
+    from .io import check_writable
+
+    check_writable(resume or config.project, folder=True)
+    if config.crop == "mtcnn":
+        check_writable(resolve_cache_dir(config.data_dir, config.crop_cache or None), folder=True)
 
 
 @app.command()
@@ -120,7 +145,8 @@ def train(
     """Train one specialist on the shared engine; writes runs/<task>/<name>/ (with ensemble: N, its N members in
     member0..member<N-1>/; the same command, or --resume on the folder, finishes an interrupted one)."""
     from .checkpoint import checkpoint_config, load_checkpoint
-    from .config import config_from_dict, config_yaml, load_config, merge, parse_overrides, read_yaml, validate
+    from .config import (ConfigError, config_from_dict, config_yaml, load_config, merge, parse_overrides, read_yaml,
+                         validate)
     from .engine import fit
     from .ensemble import train_ensemble
 
@@ -134,9 +160,12 @@ def train(
         validate(config)
     else:
         config = load_config(task.value, overrides or [], config_file, profile.value)
+    if resume and config.task != task.value:  # train gender --resume <a mask run> would go on as a mask run
+        raise ConfigError(f"{resume}: is a {config.task} run, not {task.value}")
     if print_config:
         typer.echo(config_yaml(config), nl=False)
         return
+    _check_outputs(config, resume)
     if config.ensemble > 1 and not one_run:  # a member (--resume <folder>/member1) is one run
         run_dir = train_ensemble(config, resume)
     else:
@@ -159,7 +188,9 @@ def cv(
     from .config import load_config
     from .cv import run_cv
 
-    result = run_cv(load_config(task.value, overrides or [], config_file), tta)
+    config = load_config(task.value, overrides or [], config_file)
+    _check_outputs(config)
+    result = run_cv(config, tta)
     if os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 alone reports
         typer.echo("\n".join(result.format()))
 
@@ -167,15 +198,17 @@ def cv(
 @app.command()
 def crop(
     data_dir: Annotated[Path, typer.Argument(help="Dataset folder holding train/ and eval/.")],
-    margin: Annotated[float, typer.Option(help="The contact sheet's crops: grow the face box by this fraction of its "
+    margin: Annotated[float, typer.Option(min=MARGIN_RANGE[0], max=MARGIN_RANGE[1],
+                                          help="The contact sheet's crops: grow the face box by this fraction of its "
                                                "size on every side (training applies the run's crop_margin).")] = CropSettings.margin,
-    fallback: Annotated[float, typer.Option(help="The contact sheet's centre crop, of this fraction of the image, "
+    fallback: Annotated[float, typer.Option(min=0.01, max=1,
+                                            help="The contact sheet's centre crop, of this fraction of the image, "
                                                  "where no face is found.")] = CropSettings.fallback,
     square: Annotated[bool, typer.Option(help="The contact sheet's crops: square the face box first.")] = CropSettings.square,
     detector: Annotated[DetectorName, typer.Option(help="What finds the faces (a run's crop_detector); each has its "
                                                         "own cache.")] = DetectorName(CropSettings.detector),
     cache_dir: Annotated[Optional[Path], typer.Option(help="Default: <data_dir parent>/.maskcls_cache/<name>.")] = None,
-    batch_size: Annotated[int, typer.Option(help="Images per detector batch.")] = 32,
+    batch_size: Annotated[int, typer.Option(min=1, max=4096, help="Images per detector batch.")] = 32,
     sheet: Annotated[Optional[Path], typer.Option(help="Contact sheet PNG (default: <cache>/contact_sheet.png).")] = None,
     extra: Annotated[Optional[List[Path]], typer.Option(help="An extra_data folder to crop too (its cache beside "
                                                              "it); repeatable.")] = None,
@@ -184,8 +217,13 @@ def crop(
     them; a run cuts its crops from them with its crop_margin / crop_square, so those need no new detection).
 
     DATA_DIR may also be an extra_data folder (images/ + labels.csv)."""
-    from .data.crop import run_crop
+    from .data.crop import resolve_cache_dir, run_crop
+    from .io import check_writable
 
+    for folder, cache in [(data_dir, cache_dir), *((folder, None) for folder in extra or [])]:
+        check_writable(resolve_cache_dir(folder, cache), folder=True)
+    if sheet:
+        check_writable(sheet)
     settings = CropSettings.for_detector(detector.value, margin=margin, fallback=fallback, square=square)
     summaries = [run_crop(data_dir, settings, cache_dir=cache_dir, batch_size=batch_size, sheet=sheet)]
     summaries += [run_crop(folder, settings, batch_size=batch_size) for folder in extra or []]
@@ -199,7 +237,7 @@ def crop(
 @app.command()
 def demo(
     out_dir: Annotated[Path, typer.Option(help="Where the sample dataset, runs and submission go.")] = Path("sample_data"),
-    epochs: Annotated[int, typer.Option(help="Epochs per specialist.")] = 3,
+    epochs: Annotated[int, typer.Option(min=1, max=1000, help="Epochs per specialist.")] = 3,
 ):
     """The main job on built-in sample data: generate, check, summarise, train the three specialists, submit, score."""
     faces, runs = out_dir / "faces", out_dir / "runs"
@@ -269,12 +307,14 @@ def predict(
 ):
     """Write per-image class probabilities of one task's runs to a CSV (and a JSON note beside it)."""
     from .bundle import resolve_runs
+    from .io import check_writable
     from .submit import default_output, predict_runs, write_predictions
 
     runs = resolve_runs({task.value: runs}, which=which.value, tasks=[task.value])[task.value]
+    out = check_writable(out or default_output(runs, split.value, tta, vote.value))
     table, note = predict_runs(runs, split.value, data_dir, tta, vote.value, which.value, device, task.value,
                                engine.value)
-    path = write_predictions(table, out or default_output(runs, split.value, tta, vote.value), note)
+    path = write_predictions(table, out, note)
     typer.echo(f"{task.value} {split.value}: {len(table)} images, {len(runs)} run(s), views {'+'.join(note['views'])}"
                f" -> {path}")
 
@@ -320,9 +360,11 @@ def submit(
 
     Several runs of one task are averaged (soft vote).
     """
+    from .io import check_writable
     from .runs import expand_runs
     from .submit import make_joint_submission, make_submission
 
+    check_writable(out)
     if joint:
         lines = make_joint_submission(expand_runs(joint), out, data_dir, tta, which.value, device, on_bad_image.value)
     else:
@@ -367,7 +409,7 @@ def audit(
     age: Annotated[Optional[Path], typer.Option(help="Age CV folder or its oof.csv.")] = None,
     out: Annotated[Optional[Path], typer.Option(help="Folder for audit.csv, audit_sheet.png, fixes_suggested.yaml "
                                                      "(default: <project>/audit).")] = None,
-    top: Annotated[int, typer.Option(help="Suspects on the contact sheet.")] = 24,
+    top: Annotated[int, typer.Option(min=0, help="Suspects on the contact sheet.")] = 24,
 ):
     """Rank likely label errors per person (gender flips, incorrect/normal swaps, age, mask) from out-of-fold
     probabilities with cleanlab; suggest label fixes for review. Never edits the data."""
@@ -383,10 +425,11 @@ def audit(
 FaceDetector = Annotated[DetectorName, typer.Option(help="What finds the faces: RetinaFace (the bundled models' "
                                                          "crops), or MTCNN.")]
 MinProb = Annotated[Optional[float], typer.Option(
-    help="Detector score a face needs for a row, either detector (default: 0.5 RetinaFace, 0.9 MTCNN; lower finds "
-         "more masked faces and more false boxes).")]
-MinFace = Annotated[int, typer.Option(help="Smallest face kept, in pixels of the copy the detector sees (its box's "
-                                           "shorter side), either detector; MTCNN looks for none smaller.")]
+    min=0, max=1, help="Detector score a face needs for a row, either detector (default: 0.5 RetinaFace, 0.9 MTCNN; "
+                       "lower finds more masked faces and more false boxes).")]
+# MTCNN's window is 12 pixels: a smaller face would have it upsample every photo (12 / min_face)x
+MinFace = Annotated[int, typer.Option(min=12, help="Smallest face kept, in pixels of the copy the detector sees (its "
+                                                   "box's shorter side), either detector; MTCNN looks for none smaller.")]
 MaxSide = Annotated[int, typer.Option(min=0, help="The detector looks at a copy of each photo shrunk to this longer "
                                                   "side (0: full size); faces are cut from the original.")]
 SecondPass = Annotated[bool, typer.Option(help="MTCNN only (ignored with RetinaFace): also run its looser pass, which "
@@ -433,7 +476,11 @@ def detect(
     """
     from .bundle import bundle_version
     from .detect import run_detect
+    from .io import check_writable
 
+    check_writable(out)
+    if annotate is not None:  # checked now: a folder found unwritable after the first photos loses them
+        check_writable(annotate, folder=True)
     settings = _detect_settings(detector, min_prob, min_face, max_side, second_pass, tta, engine, device)
     runs = _specialist_runs(mask, age, gender, project, which.value, bundled)
     result, path = run_detect(photos, runs, out, settings, which.value, annotate)
@@ -506,10 +553,14 @@ def export_onnx(
 ):
     """Write <run>/<which>.onnx per run (logits, dynamic batch), checked against PyTorch with onnxruntime."""
     from .export import PARITY_ATOL, export_runs
+    from .infer import onnx_path
+    from .io import check_writable
     from .runs import expand_runs
 
     runs = expand_runs(joint) if joint else [r for rs in _specialist_runs(mask, age, gender, project,
                                                                             which.value, bundled).values() for r in rs]
+    for run in runs:
+        check_writable(onnx_path(run, which.value))
     results = export_runs(runs, which.value, check_images)
     typer.echo("\n".join(result.format() for result in results))
     typer.echo(f"parity: every probability within {PARITY_ATOL:g} of PyTorch's")

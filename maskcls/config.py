@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import typing
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,7 +16,7 @@ from pathlib import Path
 import yaml
 
 from .data.crop import CROP_MODES
-from .data.faces import DETECTORS, CropSettings, retinaface_package
+from .data.faces import DETECTORS, MARGIN_RANGE, CropSettings, retinaface_package
 from .data.fixes import load_fixes
 from .data.labels import DEFAULT_AGE_BOUNDS, check_age_bounds
 from .errors import ConfigError
@@ -251,37 +252,31 @@ CHOICES = {  # the task, crop and loss names are their registries' keys
 }
 
 
-# numbers: (lowest, highest) allowed, both included; None leaves that end open
-LIMITS = {
-    "epochs": (1, None), "batch_size": (1, None), "img_size": (1, None), "step_epochs": (1, None),
-    "workers": (0, None), "warmup_epochs": (0, None), "weight_decay": (0, None), "momentum": (0, 1),
-    "drop_rate": (0, 1), "label_smoothing": (0, 1), "focal_gamma": (0, None), "crop_margin": (0, None),
-    "mixup": (0, None), "cutmix": (0, None), "mixup_prob": (0, 1), "age_max": (1, None), "extra_limit": (0, None),
-    "ensemble": (1, None), "extra_epochs": (0, None),
+# every number: (lowest, highest) allowed, both included; a value must also be finite
+RANGES = {
+    "age_sigma": (0, 50), "crop_margin": MARGIN_RANGE, "crop_fallback": (0, 1),
+    "img_size": (32, 2048),  # the backbones downsample 32x: a smaller image leaves no pixel for the head
+    "drop_rate": (0, 1), "label_smoothing": (0, 1), "focal_gamma": (0, 10),
+    "lr": (0, 10), "weight_decay": (0, 1), "momentum": (0, 1), "warmup_epochs": (0, 1000), "step_epochs": (1, 1000),
+    "step_gamma": (0, 1), "epochs": (1, 1000), "batch_size": (1, 4096),
+    "mixup": (0, 10), "cutmix": (0, 10), "mixup_prob": (0, 1), "fold": (0, 99), "folds": (1, 100),
+    # seed + epoch + 1000 x rank + member still fits the 32 bits numpy and albumentations take
+    "seed": (0, 2**31 - 1), "ensemble": (1, 32), "workers": (0, 256),
+    "age_max": (1, 150), "extra_weight": (0, 100), "extra_limit": (0, 10**9), "extra_epochs": (0, 1000),
 }
-POSITIVE = ("lr", "step_gamma", "crop_fallback", "extra_weight")  # must be more than 0
-FRACTIONS = ("crop_fallback",)  # at most 1
+ABOVE_ZERO = ("lr", "step_gamma", "crop_fallback", "extra_weight")  # 0 itself is refused too
 
 
 def validate(config: Config) -> None:
-    """Every value checked where it enters, before any image is read: a ConfigError (or DataError for a
-    label-fixes file) naming the first bad one."""
+    """Every value checked where it enters, before any image is read or folder made: a ConfigError (or
+    DataError for a label-fixes file) naming the first bad one."""
     for key, choices in CHOICES.items():
         value = getattr(config, key)
         if value not in choices and not (key == "device" and str(value).startswith("cuda:")):
             raise ConfigError(f"{key}={value!r}: expected one of {', '.join(choices)}")
-    for key, (low, high) in LIMITS.items():
-        value = getattr(config, key)
-        if low is not None and value < low:
-            raise ConfigError(f"{key}={value}: must be at least {low}")
-        if high is not None and value > high:
-            raise ConfigError(f"{key}={value}: must be at most {high}")
-    for key in POSITIVE:
-        if not getattr(config, key) > 0:
-            raise ConfigError(f"{key}={getattr(config, key)}: must be more than 0")
-    for key in FRACTIONS:
-        if getattr(config, key) > 1:
-            raise ConfigError(f"{key}={getattr(config, key)}: must be at most 1 (a fraction of the image)")
+    for key, (low, high) in RANGES.items():
+        _check_number(key, getattr(config, key), low, high)
+    _check_device(config.device)
     if config.val == "fold" and config.folds < 2:
         raise ConfigError(f"folds={config.folds}: must be at least 2 with val=fold")
     if config.val == "fold" and not 0 <= config.fold < config.folds:
@@ -289,8 +284,6 @@ def validate(config: Config) -> None:
     if config.pretrained == "maskcls" and config.task not in SPECIALISTS:
         raise ConfigError(f"pretrained=maskcls: the bundle holds the specialists {', '.join(SPECIALISTS)}, "
                           f"no {config.task} model")
-    if config.age_sigma < 0:
-        raise ConfigError(f"age_sigma={config.age_sigma}: must be 0 (hard bands) or more")
     if config.age_sigma > 0 and not TASKS[config.task].has_age:
         raise ConfigError(f"age_sigma={config.age_sigma}: task {config.task} has no age band to soften")
     check_age_bounds(config.age_bounds)  # the check every band computation makes
@@ -303,6 +296,35 @@ def validate(config: Config) -> None:
         tta_view_zoom(view)
     _check_age_target(config)
     load_fixes(config.label_fixes)  # a missing or malformed fixes file fails now, not after loading images
+
+
+def _check_number(key: str, value, low, high) -> None:
+    if not math.isfinite(value):
+        raise ConfigError(f"{key}={value}: must be a finite number")
+    if key in ABOVE_ZERO and not value > 0:
+        raise ConfigError(f"{key}={value}: must be more than 0")
+    if value < low:
+        raise ConfigError(f"{key}={value}: must be at least {low}")
+    if value > high:
+        raise ConfigError(f"{key}={value}: must be at most {high}")
+
+
+def _check_device(device: str) -> None:
+    """A device this machine has: a run asking for CUDA on a machine without it fails now, not at its first step."""
+    import torch
+
+    kind, _, index = device.partition(":")
+    if kind == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if not index.isdigit() and index:
+            raise ConfigError(f"device={device!r}: expected cuda or cuda:<index>")
+        if count == 0:
+            raise ConfigError(f"device={device!r}: this machine has no CUDA device; use device=auto or cpu")
+        if index and int(index) >= count:
+            raise ConfigError(f"device={device!r}: this machine has {count} CUDA device(s), cuda:0..cuda:{count - 1}")
+    mps = getattr(torch.backends, "mps", None)
+    if kind == "mps" and not (mps is not None and mps.is_available()):
+        raise ConfigError(f"device={device!r}: MPS (Apple GPU) is not available here; use device=auto or cpu")
 
 
 def _check_age_target(config: Config) -> None:

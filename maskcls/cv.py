@@ -68,6 +68,7 @@ def run_status(run_dir: Path, config: Config) -> str:
     or ``finished``, the test ``train --resume`` applies; one trained with other settings is an error naming them."""
     from .checkpoint import load_checkpoint
     from .config import config_from_dict
+    from .errors import CheckpointError
 
     last = run_dir / "last.pt"
     if not last.is_file():
@@ -79,7 +80,13 @@ def run_status(run_dir: Path, config: Config) -> str:
         shown = ", ".join(f"{k}={before.get(k)!r} (now {now[k]!r})" for k in differ[:3])
         raise ConfigError(f"{run_dir}: was trained with {shown}; resume with the same settings, or pass name= "
                           f"for a new folder")
-    return "finished" if state["epoch"] + 1 >= config.epochs else "unfinished"
+    if state["epoch"] + 1 < config.epochs:
+        return "unfinished"
+    try:  # a finished run is skipped, so what the commands load from it must load
+        load_checkpoint(run_dir / "best.pt")
+    except CheckpointError as err:
+        raise CheckpointError(f"{err}; remove {run_dir} to train it again") from None
+    return "finished"
 
 
 def _plain(value):

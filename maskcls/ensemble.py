@@ -30,6 +30,8 @@ def train_ensemble(config: Config, resume: Path | None = None) -> Path:
     from .engine import Engine, fit
 
     engine = Engine.from_config(config)  # joins torchrun's process group once; each member's fit shares it
+    base = Path(config.project) / config.task
+    made = [folder for folder in (base, base.parent) if not folder.exists()]  # what a failed start removes again
     try:
         if resume is not None:
             ensemble_dir = Path(resume)
@@ -40,16 +42,32 @@ def train_ensemble(config: Config, resume: Path | None = None) -> Path:
         statuses = engine.broadcast(member_statuses(ensemble_dir, members) if engine.is_main else None)
         if engine.is_main:  # after the checks: a refused command leaves the folder as it was
             save_config(config, ensemble_dir / "config.yaml")  # what `train --resume <folder>` continues
-        for member, ((run_config, run_dir), status) in enumerate(zip(members, statuses)):
-            if engine.is_main:
-                print(f"{config.task} member {member}/{config.ensemble} (seed {run_config.seed}): {status}"
-                      f"{' (skipped)' if status == 'finished' else ''}", flush=True)
-            if status != "finished":
-                fit(run_config, resume=run_dir if status == "unfinished" else None)
-            engine.all_sum(0.0)  # a collective: every rank is done with this member before the next starts
+        try:
+            for member, ((run_config, run_dir), status) in enumerate(zip(members, statuses)):
+                if engine.is_main:
+                    print(f"{config.task} member {member}/{config.ensemble} (seed {run_config.seed}): {status}"
+                          f"{' (skipped)' if status == 'finished' else ''}", flush=True)
+                if status != "finished":
+                    fit(run_config, resume=run_dir if status == "unfinished" else None)
+                engine.all_sum(0.0)  # a collective: every rank is done with this member before the next starts
+        except BaseException:
+            if engine.is_main and resume is None:
+                _remove_if_bare(ensemble_dir, made)
+            raise
     finally:
         engine.close()
     return ensemble_dir
+
+
+def _remove_if_bare(ensemble_dir: Path, made: list[Path]) -> None:
+    """Undo a start that failed before its first member wrote anything (bad data, say): the folder holding only
+    its config.yaml, and the empty parents this command made, go again."""
+    if [p.name for p in ensemble_dir.iterdir()] != ["config.yaml"]:
+        return
+    (ensemble_dir / "config.yaml").unlink()
+    for folder in (ensemble_dir, *made):
+        if folder.is_dir() and not any(folder.iterdir()):
+            folder.rmdir()
 
 
 def member_statuses(ensemble_dir: Path, members: list[tuple[Config, Path]]) -> list[str]:

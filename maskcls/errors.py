@@ -15,6 +15,10 @@ class DataError(MaskclsError):
     """Bad input data: the message names the file and what is wrong with it."""
 
 
+class OutputError(MaskclsError):
+    """An output that cannot be written (a folder not writable, a file in the way); names the folder."""
+
+
 class CheckpointError(MaskclsError):
     """A checkpoint that is missing or unreadable; the message names the file."""
 

@@ -15,6 +15,8 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
+from .errors import OutputError
+
 STALE_AFTER_S = 600.0  # a live write keeps its file changing; one untouched this long was abandoned
 _TEMP_NAME = re.compile(r"\.(?P<target>.+)\.(?P<pid>\d+)-[0-9a-f]{8}\.tmp(?P<suffix>.*)")
 _swept: set[Path] = set()  # folders this process has cleared of stale temporary files
@@ -55,6 +57,25 @@ def remove_stale_temps(folder: Path) -> None:
                 candidate.unlink()
         except OSError:  # gone already (its writer finished), or not ours to delete
             pass
+
+
+def check_writable(path: str | Path, folder: bool = False) -> Path:
+    """Refuse an output that could not be written, before the work that fills it: ``path`` is a file to write
+    (``folder``: a folder to write into), and the nearest existing folder on its way must be writable."""
+    path = Path(path)
+    if path.exists() and path.is_dir() != folder:
+        raise OutputError(f"{path}: is a {'file' if folder else 'folder'}; expected a {'folder' if folder else 'file'}"
+                          f" to write")
+    target = path if folder else path.parent
+    existing = target
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise OutputError(f"{target}: cannot be made, {existing} is a file")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise OutputError(f"{target}: folder is not writable" if existing == target else
+                          f"{target}: cannot be made, {existing} is not writable")
+    return path
 
 
 def _create_temp(path: Path) -> Path:

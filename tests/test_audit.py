@@ -135,3 +135,36 @@ def test_swap_is_flagged_from_an_unsure_model_and_a_one_image_mistake_is_not():
     assert not rows["mistake"]["flagged"] and rows["mistake"]["score"] < 0
     assert not rows["clean"]["flagged"]
     assert rows["swapped"]["score"] > rows["clean"]["score"]
+
+
+def test_a_truncated_table_is_refused_naming_what_it_lacks(data, oof_files, tmp_path):
+    table = pd.read_csv(oof_files["gender"])
+    table[:-5].to_csv(tmp_path / "oof.csv", index=False)
+    result = CliRunner().invoke(app, ["audit", str(data), "--gender", str(tmp_path / "oof.csv"), "--out",
+                                      str(tmp_path / "audit")])
+    assert result.exit_code == 1 and len(result.stderr.strip().splitlines()) == 1
+    assert f"{tmp_path / 'oof.csv'}: covers {len(table) - 5} of the {len(table)} training images" in result.stderr
+    assert not (tmp_path / "audit").exists()
+
+
+def test_another_tasks_table_is_refused_with_or_without_its_cv_summary(data, tmp_path):
+    images = load_train(data)
+    cv_dir = tmp_path / "age_cv"
+    cv_dir.mkdir()
+    oof_table(data, "age", np.random.default_rng(1), images["age_band"]).to_csv(cv_dir / "oof.csv", index=False)
+    result = CliRunner().invoke(app, ["audit", str(data), "--mask", str(cv_dir), "--out", str(tmp_path / "a")])
+    assert result.exit_code == 1  # mask and age both have three classes: the target column tells them apart
+    assert f"{cv_dir / 'oof.csv'}: its target column is not the mask class of its labels" in result.stderr
+    (cv_dir / "cv.json").write_text('{"task": "age"}\n')
+    result = CliRunner().invoke(app, ["audit", str(data), "--mask", str(cv_dir), "--out", str(tmp_path / "a")])
+    assert result.exit_code == 1 and f"{cv_dir / 'oof.csv'}: holds age predictions (see cv.json), not mask" \
+        in result.stderr
+    assert not (tmp_path / "a").exists()
+
+
+def test_an_output_folder_that_cannot_be_made_is_refused_before_the_work(data, oof_files, tmp_path):
+    (tmp_path / "file").write_text("in the way")
+    result = CliRunner().invoke(app, ["audit", str(data), "--gender", str(oof_files["gender"]), "--out",
+                                      str(tmp_path / "file" / "audit")])
+    assert result.exit_code == 1 and len(result.stderr.strip().splitlines()) == 1
+    assert f"{tmp_path / 'file' / 'audit'}: cannot be made, {tmp_path / 'file'} is a file" in result.stderr

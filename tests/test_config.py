@@ -246,16 +246,53 @@ def test_parse_overrides_keeps_everything_after_the_first_equals():
     ("focal_gamma=-1", "focal_gamma=-1.0: must be at least 0"),
     ("crop_fallback=1.2", "crop_fallback=1.2: must be at most 1"),
     ("folds=1", "folds=1: must be at least 2"),
+    ("seed=-1", "seed=-1: must be at least 0"),
+    ("lr=inf", "lr=inf: must be a finite number"),
+    ("lr=.nan", "lr=nan: must be a finite number"),
+    ("warmup_epochs=inf", "warmup_epochs=inf: must be a finite number"),
+    ("img_size=1", "img_size=1: must be at least 32"),
+    ("ensemble=1000", "ensemble=1000: must be at most 32"),
+    ("crop_margin=-0.5", "crop_margin=-0.5: must be at least 0"),
+    ("step_gamma=2", "step_gamma=2.0: must be at most 1"),
+    ("extra_weight=0", "extra_weight=0.0: must be more than 0"),
+    ("workers=-2", "workers=-2: must be at least 0"),
+    ("device=cuda:x", "device='cuda:x': expected cuda or cuda:<index>"),
 ])
 def test_validate_rejects(override, message):
     with pytest.raises(ConfigError, match=message):
         load_config("mask", [override])
 
 
-def test_validate_accepts():
+def test_validate_accepts(monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
     validate(load_config("mask", ["device=cuda:1", "val=none", "fold=9", "folds=3"]))  # fold is unused without val
     with pytest.raises(ConfigError):
         validate(dataclasses.replace(Config(), optimizer="lion"))
+
+
+def test_every_number_of_the_config_has_a_range():
+    from maskcls.config import FIELDS, RANGES
+
+    numbers = {name for name, f in FIELDS.items() if f.type in ("int", "float")}
+    assert numbers and numbers == set(RANGES)  # a new numeric key needs its range
+
+
+@pytest.mark.parametrize("device, count, message", [
+    ("cuda", 0, "device='cuda': this machine has no CUDA device; use device=auto or cpu"),
+    ("cuda:2", 2, "device='cuda:2': this machine has 2 CUDA device\\(s\\), cuda:0..cuda:1"),
+    ("mps", 0, "device='mps': MPS \\(Apple GPU\\) is not available"),
+])
+def test_a_device_the_machine_lacks_is_refused_at_load(monkeypatch, device, count, message):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: count > 0)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: count)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    with pytest.raises(ConfigError, match=message):
+        load_config("mask", [f"device={device}"])
 
 
 def test_config_is_frozen():
@@ -335,17 +372,23 @@ def test_crop_detector_retinaface_without_its_package_fails_at_load(without_reti
     assert load_config("gender").crop_detector == "mtcnn"  # the default detector needs no package
 
 
-def test_a_bad_value_is_one_line_from_the_cli_before_any_image_is_read(tmp_path):
+def test_a_bad_value_is_one_line_from_the_cli_before_any_image_is_read(tmp_path, monkeypatch):
+    import torch
     from typer.testing import CliRunner
 
     from maskcls.cli import app
 
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     missing = tmp_path / "no_data"  # the data folder is never opened: the config is refused first
-    for override in ("augment=hflip,rotat", "tta=zoom", "loss=mse", "age_bounds=60,30"):
-        result = CliRunner().invoke(app, ["train", "mask", override, f"data_dir={missing}", f"project={tmp_path}"])
-        assert result.exit_code == 1, result.output
-        assert result.stderr.startswith("error: ") and len(result.stderr.strip().splitlines()) == 1, result.stderr
-        assert result.exception is None or isinstance(result.exception, SystemExit)
+    for override in ("augment=hflip,rotat", "tta=zoom", "loss=mse", "age_bounds=60,30", "seed=-1", "device=cuda",
+                     "lr=inf", "img_size=1", "ensemble=1000"):
+        for ensemble in ("ensemble=1", "ensemble=2"):  # an ensemble's folder is not made either
+            result = CliRunner().invoke(app, ["train", "mask", ensemble, override, f"data_dir={missing}",
+                                              f"project={tmp_path}"])
+            assert result.exit_code == 1, result.output
+            assert result.stderr.startswith("error: ") and len(result.stderr.strip().splitlines()) == 1, result.stderr
+            assert override.partition("=")[0] in result.stderr
+            assert result.exception is None or isinstance(result.exception, SystemExit)
     assert not (tmp_path / "mask").exists()
 
 

@@ -73,6 +73,7 @@ def test_a_fold_with_fewer_epochs_than_asked_is_unfinished(tmp_path):
     save_checkpoint(run_dir / "last.pt", epoch=0, config=config.to_dict())
     assert run_status(run_dir, config) == "unfinished"
     save_checkpoint(run_dir / "last.pt", epoch=2, config=config.to_dict())
+    save_checkpoint(run_dir / "best.pt", epoch=1, config=config.to_dict())
     assert run_status(run_dir, config) == "finished"
 
 

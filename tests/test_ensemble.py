@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
-from conftest import TINY_TRAIN, cli
+from conftest import TINY_TRAIN, cli, truncate
 
 from maskcls.config import ConfigError, load_config
 from maskcls.cv import run_cv
@@ -110,3 +110,25 @@ def test_cv_trains_one_run_per_fold_whatever_the_ensemble(tiny_faces, tmp_path):
 def test_ensemble_must_be_at_least_one():
     with pytest.raises(ConfigError, match="ensemble=0: must be at least 1"):
         load_config("gender", ["ensemble=0"])
+
+
+def test_resume_checks_the_task_and_each_finished_members_checkpoint(gender_ensemble, tmp_path):
+    project, folder = gender_ensemble
+    result = cli("train", "mask", "--resume", folder)
+    assert result.exit_code == 1 and f"{folder}: is a gender run, not mask" in result.stderr
+    result = cli("train", "mask", "--resume", folder / "member0")
+    assert result.exit_code == 1 and f"{folder / 'member0'}: is a gender run, not mask" in result.stderr
+    copy = Path(shutil.copytree(folder, tmp_path / "gender" / "ens"))
+    truncate(copy / "member1" / "best.pt")
+    result = cli("train", "gender", "--resume", copy)
+    assert result.exit_code == 1 and len(result.stderr.strip().splitlines()) == 1, result.output
+    assert f"checkpoint {copy / 'member1' / 'best.pt'} is damaged (truncated?); remove {copy / 'member1'}" \
+        in result.stderr
+    assert "(skipped)" not in result.stdout
+
+
+def test_an_ensemble_that_fails_before_its_first_member_leaves_no_folder(tmp_path):
+    project = tmp_path / "runs"
+    result = cli("train", "gender", *TINY_TRAIN, "ensemble=2", f"data_dir={tmp_path / 'nothing'}", f"project={project}")
+    assert result.exit_code == 1 and "nothing" in result.stderr
+    assert not project.exists()  # not even a folder holding only config.yaml

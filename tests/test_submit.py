@@ -169,7 +169,7 @@ def test_predict_refuses_runs_of_another_task_and_val_without_held_out_people(ru
     assert result.exit_code == 1 and f"{tmp_path / 'nothing'}: run folder does not exist" in result.stderr
     (tmp_path / "empty").mkdir()
     result = run("predict", "mask", tmp_path / "empty", sample_dataset)
-    assert result.exit_code == 1 and f"{tmp_path / 'empty' / 'best.pt'}: checkpoint does not exist" in result.stderr
+    assert result.exit_code == 1 and f"{tmp_path / 'empty'}: not a maskcls run (no best.pt" in result.stderr
 
 
 def test_submit_never_reads_eval_labels_and_follows_info_csv(runs, dataset_copy, tmp_path, monkeypatch):

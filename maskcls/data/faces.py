@@ -70,6 +70,10 @@ RETINAFACE_PASSES = tuple(DetectPass((RETINAFACE_SCORE,), view)
                           for view in ("image", "up", "mirror", "equalize_mirror"))
 
 
+# the margins `crop --margin` and the config's crop_margin accept: 2 makes a crop five times the face's size
+MARGIN_RANGE = (0.0, 2.0)
+
+
 @dataclass(frozen=True)
 class CropSettings:
     """Everything that decides a crop. The geometry (``GEOMETRY``: margin, square, fallback) is applied when an

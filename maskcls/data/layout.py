@@ -149,13 +149,28 @@ def scan_eval(root: Path) -> tuple[pd.DataFrame, list[Problem]]:
     for line, dup in table.loc[table["ImageID"].duplicated(), "ImageID"].items():
         problems.append(Problem(csv_path, f"line {line + 2}: duplicated ImageID {dup}"))
     table = table[["ImageID", "ans"]].copy()
-    table["path"] = [str(images_dir / name) for name in table["ImageID"]]
-    for line, path in table["path"].items():
-        if not Path(path).is_file():
-            problems.append(Problem(csv_path, f"line {line + 2}: ImageID {Path(path).name} has no file {path}"))
+    refused = table["ImageID"].map(lambda name: _outside_folder(name, images_dir))
+    # a refused ImageID gets no path: nothing outside eval/images is ever opened, not even by `data check`
+    table["path"] = ["" if why else str(images_dir / name) for name, why in zip(table["ImageID"], refused)]
+    for line, name in table["ImageID"].items():
+        if refused[line]:
+            problems.append(Problem(csv_path, f"line {line + 2}: ImageID {name!r} {refused[line]}"))
+        elif not Path(table["path"][line]).is_file():
+            problems.append(Problem(csv_path, f"line {line + 2}: ImageID {name} has no file {table['path'][line]}"))
     if table.empty:
         problems.append(Problem(csv_path, "empty dataset: no ImageID rows"))
     return table, problems
+
+
+def _outside_folder(name: str, folder: Path) -> str:
+    """Why ``name`` does not name a file inside ``folder`` (a path, ``..``, a link out of it), or ""."""
+    if name in ("", ".", "..") or "/" in name or "\\" in name or "\0" in name:
+        return f"is not a plain file name in {folder}"
+    path = folder / name
+    # a link to a file elsewhere would read outside the data folder as surely as a path would
+    if path.is_symlink() and folder.resolve() not in path.resolve().parents:
+        return f"is a link to {path.resolve()}, outside {folder}"
+    return ""
 
 
 def decode_problem(path: str | Path) -> Problem | None:
