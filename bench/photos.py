@@ -1,4 +1,5 @@
-"""The sample photos of ../shared/data/photos (six CC0 photos, eight labelled faces): faces found, mask states.
+"""The sample photos (samples/photos, also ../shared/data/photos: six CC0 photos, eight labelled faces): faces
+found, mask states.
 
     python bench/photos.py --mask RUN --age RUN --gender RUN    # maskcls detect's FaceChecker on chosen runs
     python bench/photos.py --bundled                            # ... on the specialists bundled with maskcls
@@ -64,15 +65,19 @@ def detector_boxes(images: list) -> dict[str, list[list]]:
     return boxes
 
 
+SAMPLES = Path(__file__).resolve().parents[1] / "samples" / "photos"  # the same photos, shipped in the repository
+
+
 def add_options(parser) -> None:
-    parser.add_argument("--shared", type=Path, default=SHARED, help="the folder holding photos/")
-    parser.add_argument("--photos", type=Path, help="the photos and their labels.csv (default: <shared>/photos)")
+    parser.add_argument("--shared", type=Path, help=f"the folder holding photos/ (e.g. {SHARED})")
+    parser.add_argument("--photos", type=Path, help=f"the photos and their labels.csv (default: <shared>/photos, "
+                                                    f"without --shared {SAMPLES})")
 
 
 def main() -> None:
     args = parse_args(__doc__, "--detector-only", "the face detectors alone, no classifier",
                       add_options)
-    args.photos = args.photos or args.shared / "photos"
+    args.photos = args.photos or (args.shared / "photos" if args.shared else SAMPLES)
     if not (args.photos / "labels.csv").is_file():
         print(f"skip: no {args.photos / 'labels.csv'}")
         return

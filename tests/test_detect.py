@@ -424,3 +424,17 @@ def test_face_detectors_follow_the_settings():
     assert {m.min_face_size for m in mtcnn} == {30} and DetectSettings(detector="mtcnn").score_threshold == 0.9
     with pytest.raises(ValueError, match="detector 'yolo': expected one of mtcnn, retinaface"):
         DetectSettings(detector="yolo")
+
+
+def test_detect_finds_every_labelled_face_of_the_sample_photos(project, tmp_path):
+    from bench.photos import SAMPLES, match
+
+    out = tmp_path / "faces.csv"
+    result = run("detect", SAMPLES, "--project", project, "--out", out)
+    assert result.exit_code == 0, result.output
+    rows, labels = pd.read_csv(out), pd.read_csv(SAMPLES / "labels.csv")
+    found = 0
+    for name, truth in labels.groupby("photo"):
+        boxes = rows.loc[rows["file"] == str(SAMPLES / name), ["x1", "y1", "x2", "y2"]].dropna().to_numpy().tolist()
+        found += sum(j is not None for j in match(truth[["x1", "y1", "x2", "y2"]].to_numpy().tolist(), boxes))
+    assert found == len(labels) == 8 and (rows["status"] == "face").sum() <= 10  # MTCNN finds 6
