@@ -38,7 +38,7 @@ def crop_all(data: Path, *options: str, configs: Iterable[Config] | None = None)
     """``maskcls crop`` of ``data`` with every detector that ``configs`` (default: the shipped specialists) crop
     with, so no run detects on the fly; returns the seconds. ``options``: more options (``--extra FOLDER``)."""
     configs = [load_config(task) for task in SPECIALISTS] if configs is None else configs
-    detectors = dict.fromkeys(c.crop_detector for c in configs if c.crop == "mtcnn")
+    detectors = dict.fromkeys(c.crop_detector for c in configs if c.crop == "faces")
     return sum(maskcls("crop", str(data), "--detector", d, *options)[1] for d in detectors)
 
 

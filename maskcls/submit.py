@@ -173,7 +173,7 @@ def common_data_dir(run_dirs: Sequence[str | Path], which: str = "best") -> Path
 
 
 def crop_eval_once(configs: Sequence[Config], data_dir: Path, device: str = "auto") -> list[str]:
-    """The eval images' MTCNN face crops into the crop cache (``maskcls crop``'s) before any run predicts, once
+    """The eval images' face crops into the crop cache (``maskcls crop``'s) before any run predicts, once
     per crop setting among ``configs``: every task's image loader then reads them, where each would otherwise
     detect every face again. Returns the lines to print."""
     from .data.crop import CropSettings, run_crop
@@ -181,7 +181,7 @@ def crop_eval_once(configs: Sequence[Config], data_dir: Path, device: str = "aut
     lines, done = [], set()
     for config in configs:
         settings = CropSettings.from_config(config)
-        if config.crop != "mtcnn" or (settings, config.crop_cache) in done:
+        if config.crop != "faces" or (settings, config.crop_cache) in done:
             continue
         done.add((settings, config.crop_cache))
         summary = run_crop(data_dir, settings, cache_dir=config.crop_cache or None, device=pick_device(device),

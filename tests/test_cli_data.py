@@ -164,3 +164,21 @@ def test_demo_runs_the_main_job(tmp_path):
     assert submission["ImageID"].tolist() == info["ImageID"].tolist()
     assert submission["ans"].between(0, 17).all()
     assert "18-class macro F1" in result.stdout
+
+
+@pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")  # pytest lifts open_rgb's own filter
+def test_check_names_a_large_image_and_its_size_and_refuses_one_past_the_bomb_limit(dataset_copy, monkeypatch):
+    from PIL import Image
+
+    folders = profile_folders(dataset_copy)
+    large, bomb = folders[0] / "mask1.jpg", folders[1] / "mask1.jpg"
+    Image.new("RGB", (130, 130)).save(large)  # 16900 pixels: over the limit, under twice it
+    Image.new("RGB", (160, 160)).save(bomb)  # 25600 pixels: over twice the limit
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 96 * 128)  # the sample images' size
+    result = run("data", "check", dataset_copy)
+    assert result.exit_code == 1  # the bomb alone
+    lines = result.output.splitlines()
+    assert f"warning: {large}: large image: 130 x 130 pixels (0 megapixels); it decodes, slowly" in lines
+    assert any(line.startswith(f"error: {bomb}: not decoded, a possible decompression bomb") for line in lines)
+    assert f"{dataset_copy}: 1 problem(s)" in lines
+    assert "Traceback" not in result.output

@@ -47,8 +47,8 @@ def test_the_specialists_extend_the_base_and_the_base_alone_is_a_valid_config(ta
 
 
 ROBUST = ["shift_scale", "downscale", "blur", "jpeg", "grayscale"]
-SHARED = {"crop": "mtcnn", "crop_margin": 0.1, "lr": 5e-4, "warmup_epochs": 0.3, "batch_size": 32, "tta": ["scale90"]}
-GPU = {"crop": "mtcnn", "backbone": "tf_efficientnet_b3", "img_size": 320, "workers": 8}
+SHARED = {"crop": "faces", "crop_margin": 0.1, "lr": 5e-4, "warmup_epochs": 0.3, "batch_size": 32, "tta": ["scale90"]}
+GPU = {"crop": "faces", "backbone": "tf_efficientnet_b3", "img_size": 320, "workers": 8}
 RECIPES = {  # every value the shipped YAMLs set apart from the dataclass defaults
     "mask": {**SHARED, "crop_detector": "retinaface", "img_size": 96, "epochs": 2, "ensemble": 3,
              "augment": ["hflip", "perspective_or_rotate", "color", *ROBUST]},
@@ -57,7 +57,7 @@ RECIPES = {  # every value the shipped YAMLs set apart from the dataclass defaul
             "augment": ["hflip", "rotate", "grid_shuffle_or_perspective", "gauss_noise", *ROBUST]},
     "gender": {**SHARED, "backbone": "tf_efficientnet_lite2", "img_size": 128, "loss": "ce_f1", "epochs": 5,
                "extra_epochs": 3, "ensemble": 3, "augment": ["hflip", "rotate", "perspective", "gauss_noise", *ROBUST]},
-    "joint": {"crop": "mtcnn", "img_size": 96, "lr": 5e-4, "warmup_epochs": 0.3, "epochs": 14, "batch_size": 32,
+    "joint": {"crop": "faces", "img_size": 96, "lr": 5e-4, "warmup_epochs": 0.3, "epochs": 14, "batch_size": 32,
               "augment": ["hflip", "rotate", "color", "gauss_noise"]},
 }
 GPU_RECIPES = {
@@ -229,7 +229,7 @@ def test_parse_overrides_keeps_everything_after_the_first_equals():
 
 
 @pytest.mark.parametrize("override, message", [
-    ("crop=blur", "crop='blur': expected one of none, center, mtcnn"),
+    ("crop=blur", "crop='blur': expected one of none, center, faces"),
     ("crop_detector=yolo", "crop_detector='yolo': expected one of mtcnn, retinaface"),
     ("loss=mse", "expected one of"),
     ("device=tpu", "expected one of"),

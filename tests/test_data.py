@@ -102,6 +102,122 @@ def test_open_rgb_converts_to_rgb_and_names_bad_files(sample_dataset, tmp_path):
         open_rgb(tmp_path / "nothing.jpg")
 
 
+# ------------------------------------------------------------------------------------------ the image reader
+
+def _grey_ramp(mode: str):
+    """A 16 x 16 grey ramp from black to white in ``mode``'s own range of levels."""
+    from PIL import Image
+
+    ramp = np.linspace(0, 1, 256).reshape(16, 16)
+    if mode == "F":
+        return Image.fromarray(ramp.astype(np.float32), "F")
+    levels = (ramp * 65535).round()
+    if mode == "I":
+        return Image.fromarray(levels.astype(np.int32), "I")
+    return Image.frombytes(mode, (16, 16), levels.astype(">u2" if mode == "I;16B" else "<u2").tobytes())
+
+
+@pytest.mark.parametrize("mode", ["I;16", "I;16B", "I"])
+def test_sixteen_bit_grey_is_scaled_to_eight_bits_not_clipped_to_white(mode):
+    from maskcls.data.images import to_rgb
+
+    image = to_rgb(_grey_ramp(mode))
+    array = np.asarray(image)
+    assert image.mode == "RGB" and array[0, 0].tolist() == [0, 0, 0] and array[-1, -1].tolist() == [255, 255, 255]
+    assert abs(int(array[8, 0, 0]) - 128) <= 1  # mid-grey stays mid-grey
+
+
+def test_a_sixteen_bit_png_file_reads_as_its_grey_levels(tmp_path):
+    path = tmp_path / "deep.png"
+    _grey_ramp("I;16").save(path)
+    array = np.asarray(open_rgb(path))
+    assert array.mean() == pytest.approx(127.5, abs=1) and array.max() == 255
+
+
+def test_floating_point_pixels_are_refused_in_one_line():
+    from maskcls.data.images import to_rgb
+
+    with pytest.raises(DataError, match=r"^scan.tif: pixel mode F is not read"):
+        to_rgb(_grey_ramp("F"), "scan.tif")
+
+
+@pytest.mark.parametrize("mode", ["LA", "RGBA", "P"])
+def test_transparent_pixels_are_laid_on_white(tmp_path, mode):
+    from PIL import Image
+
+    rgba = np.zeros((8, 8, 4), np.uint8)
+    rgba[:, :4] = (200, 30, 30, 255)  # opaque red on the left, transparent black on the right
+    image = Image.fromarray(rgba, "RGBA")
+    if mode == "LA":
+        image = image.convert("LA")
+    elif mode == "P":
+        image = image.quantize(2)
+        image.info["transparency"] = image.getpixel((7, 0))  # the right half's palette index
+    path = tmp_path / "cutout.png"
+    image.save(path)
+    array = np.asarray(open_rgb(path))
+    assert array[0, 7].tolist() == [255, 255, 255]  # not the black the transparent pixels store
+    assert array[0, 0].tolist() != [255, 255, 255]
+
+
+def test_a_cmyk_jpeg_reads_as_rgb(tmp_path):
+    from PIL import Image
+
+    path = tmp_path / "print.jpg"
+    Image.new("RGB", (16, 16), (200, 30, 30)).convert("CMYK").save(path, quality=100)
+    image = open_rgb(path)
+    assert image.mode == "RGB"
+    assert np.abs(np.asarray(image, np.int64)[8, 8] - (200, 30, 30)).max() <= 8
+
+
+@pytest.mark.parametrize("kind, header", [("EPS", b"%!PS-Adobe-3.0 EPSF-3.0\n"), ("GIF", None), ("TIFF", None),
+                                          ("BMP", None)])
+def test_a_format_outside_the_accepted_ones_is_refused_without_opening_it(tmp_path, monkeypatch, kind, header):
+    from PIL import EpsImagePlugin, Image
+
+    from maskcls.data.images import ACCEPTED_FORMATS
+
+    path = tmp_path / f"photo.{kind.lower()}"
+    if header:
+        path.write_bytes(header + b"%%BoundingBox: 0 0 16 16\n")
+    else:
+        Image.new("RGB", (16, 16)).save(path, kind)
+    monkeypatch.setattr(EpsImagePlugin.EpsImageFile, "_open", lambda self: pytest.fail("the EPS plugin started"))
+    with pytest.raises(DataError, match=rf"^{path}: {kind} images are not read \(accepted: JPEG, PNG, WEBP\)$"):
+        open_rgb(path)
+    assert kind not in ACCEPTED_FORMATS
+
+
+def test_accepted_formats_and_the_photo_suffixes_agree(tmp_path):
+    from PIL import Image
+
+    from maskcls.data.images import ACCEPTED_FORMATS, PHOTO_SUFFIXES
+
+    extensions = Image.registered_extensions()
+    assert {extensions[suffix] for suffix in PHOTO_SUFFIXES} == set(ACCEPTED_FORMATS)
+    for name in ACCEPTED_FORMATS:  # each reads, WebP included
+        path = tmp_path / f"face.{name.lower()}"
+        Image.new("RGB", (16, 12), (10, 20, 30)).save(path, name, lossless=True)
+        assert open_rgb(path).size == (16, 12)
+
+
+def test_a_bounded_copy_of_a_large_jpeg_is_decoded_reduced_and_keeps_the_orientation(tmp_path):
+    from PIL import Image
+
+    from maskcls.data.images import open_bounded
+
+    path = tmp_path / "huge.jpg"
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored turned: read 90 degrees the other way
+    Image.new("RGB", (4000, 3000), (90, 90, 90)).save(path, exif=exif)
+    copy, size = open_bounded(path, 1000)
+    assert size == (3000, 4000) and copy.size == (750, 1000)
+    small = tmp_path / "small.png"
+    Image.new("RGB", (300, 200)).save(small)
+    copy, size = open_bounded(small, 1000)
+    assert size == copy.size == (300, 200) and np.array_equal(np.asarray(copy), np.asarray(open_rgb(small)))
+
+
 # ---------------------------------------------------------------------------------------------- labels
 
 

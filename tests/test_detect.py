@@ -121,7 +121,7 @@ def test_two_copies_of_a_real_face_give_two_rows_with_boxes_on_their_halves(proj
 def test_a_face_is_cut_out_with_its_runs_margin_whatever_the_runs_crop_mode():
     image = Image.new("RGB", (200, 100))
     face = Face((50.0, 20.0, 90.0, 60.0), 0.99)
-    for mode in ("none", "center", "mtcnn"):
+    for mode in ("none", "center", "faces"):
         config = load_config("mask", [f"crop={mode}", "crop_margin=0.5"])
         crop, = face_crops(image, [face], config)
         assert crop.size == (80, 80)  # 40 px box + 2 x 20 px margin; the top clipped at 0, the bottom at 80

@@ -13,9 +13,9 @@ from maskcls.cli import app
 from maskcls.config import ConfigError, load_config
 from maskcls.data import DataError
 from maskcls.data import crop as crop_module
-from maskcls.data.crop import read_manifest, resolve_cache_dir
+from maskcls.data.crop import build_train_image_loader, read_manifest, resolve_cache_dir
 from maskcls.data.faces import CropSettings
-from maskcls.data.extra import build_train_image_loader, check_extra, extra_images, sample_weights, with_extra
+from maskcls.data.extra import check_extra, extra_images, sample_weights, with_extra
 from maskcls.data.sample import make_sample_dataset, make_sample_extra
 from maskcls.engine import build_datasets, fit
 from maskcls.tasks import TASKS
@@ -183,7 +183,7 @@ def test_extra_faces_are_cropped_and_cached_beside_their_folder(tiny_data, tmp_p
     assert set(extra_manifest) == {f"images/extra_{k:05d}.jpg" for k in range(4)}
     assert not any(key.startswith("images/") for key in main_manifest)  # the dataset's cache is as before
 
-    config = load_config("age", [f"data_dir={data}", f"extra_data={extra}", "crop=mtcnn"])
+    config = load_config("age", [f"data_dir={data}", f"extra_data={extra}", "crop=faces"])
     loader = pickle.loads(pickle.dumps(build_train_image_loader(config)))
     monkeypatch.setattr(crop_module, "create_detectors", lambda *a, **k: pytest.fail("the cache should be used"))
     source = extra / "images" / "extra_00002.jpg"

@@ -66,7 +66,7 @@ def test_task_configs_carry_the_measured_cpu_recipe():
     assert [c.backbone for c in (mask, gender, age, joint)] == ["tf_efficientnet_lite0", "tf_efficientnet_lite2",
                                                                "tf_efficientnet_lite0", "tf_efficientnet_lite0"]
     for config in (age, mask, gender, joint):
-        assert (config.pretrained, config.crop) == ("auto", "mtcnn")
+        assert (config.pretrained, config.crop) == ("auto", "faces")
         assert (config.lr, config.batch_size, config.warmup_epochs) == (5e-4, 32, 0.3)
     assert load_config("age", ["lr=3e-4", "epochs=4"]).lr == 3e-4
 

@@ -4,10 +4,12 @@ itself: ``faces.py``).
 The competition photos are upper-body shots; the strong entries cropped the face first with
 facenet-pytorch's MTCNN and fell back to a centre crop. ``run_crop`` detects once for a whole dataset, with
 MTCNN or RetinaFace (``CropSettings.detector``, the config's ``crop_detector``), into a cache folder
-(``manifest.csv``: the face box of every image, or none; one folder per detector, ``detections_dir``);
-``build_image_loader`` reads that cache, cuts the box with the run's geometry (margin, square, fallback:
-``faces.crop_box``) and detects on the fly, with the same code, where the cache has no valid entry. The
-geometry is not in the cache, so a run may change the margin without detecting again.
+(``manifest.csv``: the face box of every image, or none; one folder per detector, ``detections_dir``): run by
+``maskcls crop``, or by the first training that needs the boxes (``fill_crop_caches``). ``build_image_loader``
+reads that cache, cuts the box with the run's geometry (margin, square, fallback: ``faces.crop_box``) and detects
+on the fly, with the same code and rounding, where the cache has no valid entry. The geometry is not in the
+cache, so a run may change the margin without detecting again. Faces are found on a copy of at most
+``DETECT_MAX_SIDE`` pixels a side, their boxes mapped back to the image.
 
 Cache validity: an entry is used only when the source file's SHA-1 and the detection settings' hash both
 match, so a changed image or setting is redone and everything else is kept.
@@ -15,6 +17,7 @@ match, so a changed image or setting is redone and everything else is kept.
 from __future__ import annotations
 
 import dataclasses
+import errno
 import hashlib
 import os
 import random
@@ -29,12 +32,16 @@ from PIL import Image
 
 from ..errors import ConfigError
 from ..io import atomic_write_csv
-from .faces import CropSettings, Face, center_box, create_detectors, crop_box, pick_faces
-from .images import open_rgb
+from .extra import EXTRA_SPLIT, is_extra_folder, scan_extra
+from .faces import CropSettings, Face, center_box, create_detectors, crop_box, face_in_image, pick_faces
+from .images import open_bounded, open_rgb
 from .layout import DataError, scan_eval, scan_train
 
 # the config's `crop`: whole image, centre crop, cached face crop (whichever `crop_detector` found the face)
-CROP_MODES = ("none", "center", "mtcnn")
+CROP_MODES = ("none", "center", "faces")
+# the longer side of the copy a face is detected on: a 12000-pixel photo would take gigabytes in MTCNN's pyramid;
+# the competition's and most camera photos are within it, so their boxes are those of the image itself
+DETECT_MAX_SIDE = 2048
 # x1..y2: the face box found (may run past the image edge), empty when none was (fallback: the centre crop)
 MANIFEST_COLUMNS = ("path", "split", "x1", "y1", "x2", "y2", "prob", "fallback", "pass", "source_hash",
                     "settings_hash")
@@ -137,7 +144,7 @@ class ImageLoader:
         if mode not in CROP_MODES:
             raise ConfigError(f"crop={mode!r}: expected one of {', '.join(CROP_MODES)}")
         self.mode, self.settings, self.data_dir = mode, settings, str(data_dir)
-        cache = detections_dir(resolve_cache_dir(data_dir, cache_dir), settings) if mode == "mtcnn" else ""
+        cache = detections_dir(resolve_cache_dir(data_dir, cache_dir), settings) if mode == "faces" else ""
         self.cache_dir = str(cache)
         self.settings_hash = settings.digest()  # once: every image's cache entry is checked against it
         self._entries: dict | None = None
@@ -158,7 +165,10 @@ class ImageLoader:
         else:
             if self._detectors is None:
                 self._detectors = create_detectors(self.settings, device="cpu")
-            face, _ = pick_faces([image], self.settings, self._detectors)[0]
+            # a large image is read again, as run_crop reads it, so that both detect on the same pixels
+            copy, size = (image, image.size) if max(image.size) <= DETECT_MAX_SIDE else \
+                open_bounded(path, DETECT_MAX_SIDE)
+            face = pick_faces_on_copies([copy], [size], self.settings, self._detectors)[0][0]
         return image.crop(crop_box(face, image.size, self.settings))
 
     def _cached(self, path) -> dict | None:
@@ -183,17 +193,78 @@ EXTRA_MAX_FACE_FRACTION = 1.25
 def folder_settings(settings: CropSettings, data_dir: str | Path) -> CropSettings:
     """``settings`` for the images of ``data_dir``: as they are for a dataset, with the face-size cap lifted for
     an extra_data folder (else every face of a tight crop is refused and the centre fallback cuts it)."""
-    from .extra import is_extra_folder
-
     if not is_extra_folder(data_dir):
         return settings
     return dataclasses.replace(settings, max_face_fraction=max(settings.max_face_fraction, EXTRA_MAX_FACE_FRACTION))
 
 
 def build_image_loader(config) -> Callable[[str], Image.Image]:
-    """The image reader for training and submission: ``none``, ``center`` or cached face (``mtcnn``) crops."""
+    """The image reader for training and submission: ``none``, ``center`` or cached face (``faces``) crops."""
     settings = folder_settings(CropSettings.from_config(config), config.data_dir)
     return ImageLoader(config.crop, settings, config.data_dir, config.crop_cache or None)
+
+
+class RoutedImageLoader:
+    """Image path -> RGB image through the loader of the folder holding it: the dataset's, or an extra
+    folder's (each with its own crop cache). Picklable, as each loader is."""
+
+    def __init__(self, main: Callable, extra: dict[str, Callable]):
+        self.main = main
+        self.extra = {str(Path(folder).resolve()): loader for folder, loader in extra.items()}
+
+    def __call__(self, path):
+        resolved = Path(path).resolve()
+        for folder, loader in self.extra.items():
+            if resolved.is_relative_to(folder):
+                return loader(path)
+        return self.main(path)
+
+
+def build_train_image_loader(config) -> Callable:
+    """build_image_loader for the dataset, plus one per extra folder (cache beside each folder)."""
+    main = build_image_loader(config)
+    if not config.extra_data:
+        return main
+    return RoutedImageLoader(main, {folder: build_image_loader(dataclasses.replace(config, data_dir=folder,
+                                                                                   crop_cache=""))
+                                    for folder in config.extra_data})
+
+
+def fill_crop_caches(config, device=None) -> list[str]:
+    """The faces a training of ``config`` reads (its dataset's train images, every extra_data folder's) detected
+    into their crop caches where a cache lacks them (``run_crop``, with progress bars), so that this run and
+    every later one, ensemble member and CV fold read them instead of detecting each image again. A cache
+    folder that cannot be written gets a warning line instead (the run then detects on the fly). Returns the
+    lines to print."""
+    if config.crop != "faces":
+        return []
+    lines = []
+    for folder, cache_dir in [(config.data_dir, config.crop_cache or None), *((f, None) for f in config.extra_data)]:
+        settings = folder_settings(CropSettings.from_config(config), folder)
+        cache = detections_dir(resolve_cache_dir(folder, cache_dir), settings)
+        try:
+            if _holds_every_face(cache, folder, settings.digest()):
+                continue
+        except DataError:  # no images there: reading the data names the problem
+            continue
+        try:
+            if not _writable(cache):
+                raise PermissionError(errno.EACCES, "read-only")
+            summary = run_crop(folder, settings, cache_dir=cache_dir, device=device, sheet=False, splits=("train",))
+        except OSError as err:
+            lines.append(f"warning: crop cache {cache} cannot be written ({err.strerror or err}); faces are "
+                         f"detected on the fly, in every run")
+            continue
+        lines.append(f"crops: {summary.cropped_now} image(s) of {folder} detected now, into {summary.cache_dir}")
+    return lines
+
+
+def _holds_every_face(cache: Path, folder: str | Path, settings_hash: str) -> bool:
+    """Whether the manifest has an entry of these settings for every train image of ``folder`` (not checking
+    the files' hashes: the loader does, and detects a changed image again)."""
+    entries = read_manifest(cache)
+    keys = [_key(path, folder) for _, path in dataset_images(folder, ("train",))]
+    return all(key in entries and entries[key]["settings_hash"] == settings_hash for key in keys)
 
 
 # ------------------------------------------------------------------------------------------------ run_crop
@@ -229,8 +300,6 @@ class CropSummary:
 def dataset_images(data_dir: str | Path, splits: Sequence[str] = ("train", "eval")) -> list[tuple[str, str]]:
     """(split, path) of every image file of ``splits`` found (every image of an extra_data folder), layout
     problems aside."""
-    from .extra import EXTRA_SPLIT, is_extra_folder, scan_extra
-
     data_dir = Path(data_dir)
     items = []
     if is_extra_folder(data_dir):  # an extra_data folder: images/ + labels.csv
@@ -244,11 +313,29 @@ def dataset_images(data_dir: str | Path, splits: Sequence[str] = ("train", "eval
     return items
 
 
-def _load(path: str) -> Image.Image | DataError:
+def _load(path: str) -> tuple[Image.Image, tuple[int, int]] | DataError:
+    """(the copy to detect on, the size of the image itself), or the error naming the file."""
     try:
-        return open_rgb(path)
+        return open_bounded(path, DETECT_MAX_SIDE)
     except DataError as err:
         return err
+
+
+def pick_faces_on_copies(copies: list[Image.Image], sizes: list[tuple[int, int]], settings: CropSettings,
+              detectors) -> list[tuple[Face | None, int]]:
+    """``pick_faces`` on detection copies, each face in the pixels of its image (of ``sizes``), rounded as the
+    manifest keeps it: a face detected on the fly is the face a cache holds."""
+    found = []
+    for (face, found_by), copy, size in zip(pick_faces(copies, settings, detectors), copies, sizes):
+        if face is not None and copy.size != size:
+            face = face_in_image(face, "image", size, copy.size)
+        found.append((_stored(face), found_by))
+    return found
+
+
+def _stored(face: Face | None) -> Face | None:
+    """``face`` as a manifest row keeps it (box to 0.01 pixel, probability to 4 places)."""
+    return None if face is None else Face(tuple(round(v, 2) for v in face.box), round(face.prob, 4))
 
 
 def _hash_or_error(path: str) -> str | DataError:
@@ -312,7 +399,8 @@ def run_crop(data_dir: str | Path, config_or_settings=None, cache_dir: str | Pat
                     good = [(item, image) for item, image in zip(chunk, loaded) if not isinstance(image, DataError)]
                     summary.bad += [str(image) for image in loaded if isinstance(image, DataError)]
                     tick = time.perf_counter()
-                    faces = pick_faces([image for _, image in good], settings, detectors) if good else []
+                    copies, sizes = [copy for _, (copy, _) in good], [size for _, (_, size) in good]
+                    faces = pick_faces_on_copies(copies, sizes, settings, detectors) if good else []
                     summary.detect_seconds += time.perf_counter() - tick
                     for ((split, path, key, source_hash), image), (face, found_by) in zip(good, faces):
                         entries[key] = _manifest_row(face, found_by, split, key, source_hash, settings_hash)
@@ -345,9 +433,10 @@ def _flag(value) -> bool:
 
 def _manifest_row(face: Face | None, found_by: int, split: str, key: str, source_hash: str,
                   settings_hash: str) -> dict:
-    box = ("", "", "", "") if face is None else tuple(round(v, 2) for v in face.box)
+    face = _stored(face)
+    box = ("", "", "", "") if face is None else face.box
     return {"path": key, "split": split, "x1": box[0], "y1": box[1], "x2": box[2], "y2": box[3],
-            "prob": "" if face is None else round(face.prob, 4), "fallback": face is None,
+            "prob": "" if face is None else face.prob, "fallback": face is None,
             "pass": found_by, "source_hash": source_hash, "settings_hash": settings_hash}
 
 

@@ -2,19 +2,20 @@
 
 A specialist needs only its own label, so it can learn from any dataset that has it. An extra folder:
 
-    <folder>/images/<file>       any image file (subfolders allowed)
+    <folder>/images/<file>       a JPEG, PNG or WebP image (subfolders allowed)
     <folder>/labels.csv          file, and any of: age (whole years 0-120), gender (male / female),
                                  mask (wear / incorrect / not_wear); other columns are ignored
 
 An empty cell means "not labelled". A task takes the rows carrying every label it is made of (age: age;
 gender: gender; mask: mask; joint: all three), only into training: validation stays the main data's
 person fold. Images of ``images/`` that ``labels.csv`` does not list are ignored. Each extra image is its
-own "person". Crops are cached per folder, beside it as for a dataset (``maskcls crop FOLDER``).
+own "person". Crops are cached per folder, beside it as for a dataset (``crop.build_train_image_loader`` reads
+them; ``maskcls crop FOLDER`` or the first training that uses the folder detects them).
 """
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Sequence
 
 import numpy as np
 import pandas as pd
@@ -105,7 +106,7 @@ def check_extra(folder: str | Path, decode: bool = True, progress=None) -> list[
     """Every problem of an extra folder: labels.csv, its cells, missing files and (``decode``) pixels."""
     table, problems = scan_extra(folder)
     if decode and not table.empty:
-        problems += decode_problems(table["path"], progress=progress)
+        problems += decode_problems(table["path"], progress=progress, large=True)
     return problems
 
 
@@ -162,33 +163,3 @@ def sample_weights(images: pd.DataFrame, targets: np.ndarray, num_classes: int, 
     if config.extra_weight != 1.0 and "extra" in images:
         weights = weights * np.where(images["extra"].to_numpy(dtype=bool), config.extra_weight, 1.0)
     return None if config.sampler != "weighted" and np.all(weights == weights[0]) else weights
-
-
-class RoutedImageLoader:
-    """Image path -> RGB image through the loader of the folder holding it: the dataset's, or an extra
-    folder's (each with its own crop cache). Picklable, as each loader is."""
-
-    def __init__(self, main: Callable, extra: dict[str, Callable]):
-        self.main = main
-        self.extra = {str(Path(folder).resolve()): loader for folder, loader in extra.items()}
-
-    def __call__(self, path):
-        resolved = Path(path).resolve()
-        for folder, loader in self.extra.items():
-            if resolved.is_relative_to(folder):
-                return loader(path)
-        return self.main(path)
-
-
-def build_train_image_loader(config) -> Callable:
-    """crop.build_image_loader for the dataset, plus one per extra folder (cache beside each folder)."""
-    import dataclasses
-
-    from .crop import build_image_loader
-
-    main = build_image_loader(config)
-    if not config.extra_data:
-        return main
-    return RoutedImageLoader(main, {folder: build_image_loader(dataclasses.replace(config, data_dir=folder,
-                                                                                   crop_cache=""))
-                                    for folder in config.extra_data})

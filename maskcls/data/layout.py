@@ -15,6 +15,7 @@ import pandas as pd
 from PIL import Image
 
 from ..errors import DataError
+from .images import open_rgb
 from .labels import GENDER_BY_NAME, IMAGE_EXTENSIONS, IMAGE_STEMS, MASK_BY_STEM
 
 # the race is any word without "_" (Européen, Middle-Eastern): the data's own spelling, never validated
@@ -27,6 +28,7 @@ EVAL_COLUMNS = ("ImageID", "ans")
 class Problem:
     path: Path
     message: str
+    warning: bool = False  # worth a look, not wrong: `data check` still passes
 
     def __str__(self) -> str:
         return f"{self.path}: {self.message}"
@@ -173,21 +175,25 @@ def _outside_folder(name: str, folder: Path) -> str:
     return ""
 
 
-def decode_problem(path: str | Path) -> Problem | None:
-    """A Problem when the image does not fully decode (truncated, corrupt, not an image), else None."""
+def decode_problem(path: str | Path, large: bool = False) -> Problem | None:
+    """A Problem when the image does not decode as every command reads it (``open_rgb``: truncated, corrupt, not an
+    accepted format or pixel mode, too many pixels), else None; with ``large``, a warning for an image over Pillow's
+    decompression-bomb warning limit (it decodes, slowly), else None."""
     try:
-        with Image.open(path) as image:
-            image.load()
-    except Exception as err:  # PIL raises many types for bad files; any of them means "does not decode"
-        return Problem(Path(path), f"image does not decode ({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''})")
+        image = open_rgb(path)
+    except DataError as err:
+        return Problem(Path(path), str(err).removeprefix(f"{path}: "))
+    if large and image.width * image.height > Image.MAX_IMAGE_PIXELS:
+        return Problem(Path(path), f"large image: {image.width} x {image.height} pixels "
+                                   f"({image.width * image.height / 1e6:.0f} megapixels); it decodes, slowly", True)
     return None
 
 
-def decode_problems(paths, workers: int = 4, progress=None) -> list[Problem]:
-    """Decode every image (threads: PIL releases the GIL while decoding)."""
+def decode_problems(paths, workers: int = 4, progress=None, large: bool = False) -> list[Problem]:
+    """Decode every image (threads: PIL releases the GIL while decoding); ``large``: warn of huge ones too."""
     paths = list(paths)
     with ThreadPoolExecutor(workers) as pool:
-        results = pool.map(decode_problem, paths)
+        results = pool.map(lambda path: decode_problem(path, large), paths)
         return [p for p in (progress(results, total=len(paths)) if progress else results) if p is not None]
 
 
@@ -205,7 +211,7 @@ def check_dataset(root: Path, decode: bool = True, progress=None) -> list[Proble
         problems += eval_problems
         paths += [p for p in evals["path"] if Path(p).is_file()]
     if decode:
-        problems += decode_problems(paths, progress=progress)
+        problems += decode_problems(paths, progress=progress, large=True)
     return problems
 
 
