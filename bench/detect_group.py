@@ -55,7 +55,8 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=Path("runs/detect_group"))
     parser.add_argument("--tta", action="store_true")
-    parser.add_argument("--min-prob", type=float, default=0.9, help="maskcls detect --min-prob")
+    parser.add_argument("--detector", default="retinaface", help="maskcls detect --detector")
+    parser.add_argument("--min-prob", type=float, help="maskcls detect --min-prob (default: the detector's)")
     args = parser.parse_args()
     labels_path = args.data / "eval" / "labels.csv"
     if not labels_path.is_file():
@@ -69,7 +70,8 @@ def main() -> None:
     faces_csv = args.out / "faces.csv"
     command = [sys.executable, "-m", "maskcls", "detect", str(photo), "--mask", str(args.mask), "--age", str(args.age),
                "--gender", str(args.gender), "--out", str(faces_csv), "--annotate", str(args.out / "annotated"),
-               "--min-prob", str(args.min_prob), *(["--tta"] if args.tta else [])]
+               "--detector", args.detector, *(["--min-prob", str(args.min_prob)] if args.min_prob is not None else []),
+               *(["--tta"] if args.tta else [])]
     done = subprocess.run(command, capture_output=True, text=True)
     if done.returncode != 0:
         sys.exit(f"`{' '.join(command)}` failed:\n{done.stderr[-3000:]}")

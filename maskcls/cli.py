@@ -451,25 +451,30 @@ def audit(
 # --- detect, export ---------------------------------------------------------------------------------
 
 # options shared by detect and serve
-MinProb = Annotated[float, typer.Option(min=0, max=1, help="MTCNN probability a face needs for a row (lower finds "
-                                                           "more masked faces and more false boxes on textures).")]
+FaceDetector = Annotated[DetectorName, typer.Option(help="What finds the faces: RetinaFace (the bundled models' "
+                                                         "crops), or MTCNN.")]
+MinProb = Annotated[Optional[float], typer.Option(
+    min=0, max=1, help="Detector score a face needs for a row, either detector (default: 0.5 RetinaFace, 0.9 MTCNN; "
+                       "lower finds more masked faces and more false boxes).")]
 # MTCNN's window is 12 pixels: a smaller face would have it upsample every photo (12 / min_face)x
-MinFace = Annotated[int, typer.Option(min=12, help="Smallest face MTCNN looks for, in pixels.")]
-MaxSide = Annotated[int, typer.Option(min=0, help="MTCNN looks at a copy of each photo shrunk to this longer side "
-                                                  "(0: full size); faces are cut from the original.")]
-SecondPass = Annotated[bool, typer.Option(help="Also run MTCNN's looser pass, which finds most masked faces the first "
-                                               "misses (boxes repeating a found face are dropped).")]
+MinFace = Annotated[int, typer.Option(min=12, help="Smallest face kept, in pixels of the copy the detector sees (its "
+                                                   "box's shorter side), either detector; MTCNN looks for none smaller.")]
+MaxSide = Annotated[int, typer.Option(min=0, help="The detector looks at a copy of each photo shrunk to this longer "
+                                                  "side (0: full size); faces are cut from the original.")]
+SecondPass = Annotated[bool, typer.Option(help="MTCNN only (ignored with RetinaFace): also run its looser pass, which "
+                                               "finds most masked faces the first misses (boxes repeating a found face "
+                                               "are dropped).")]
 FaceTTA = Annotated[bool, typer.Option(help="Average the original, flipped and config `tta` views of each face.")]
 RuntimeOption = Annotated[RuntimeName, typer.Option(help="torch, or onnx: each run's <which>.onnx (maskcls export onnx).")]
 
 
-def _detect_settings(min_prob: float, min_face: int, max_side: int, second_pass: bool, tta: bool, runtime: RuntimeName,
-                     device: str):
+def _detect_settings(detector: DetectorName, min_prob: float | None, min_face: int, max_side: int, second_pass: bool,
+                     tta: bool, runtime: RuntimeName, device: str):
     from .detect import DetectSettings
 
     passes = DetectSettings.passes if second_pass else DetectSettings.passes[:1]
-    return DetectSettings(min_prob=min_prob, passes=passes, min_face_size=min_face, max_side=max_side, tta=tta,
-                          runtime=runtime.value, device=device)
+    return DetectSettings(detector=detector.value, min_prob=min_prob, passes=passes, min_face_size=min_face,
+                          max_side=max_side, tta=tta, runtime=runtime.value, device=device)
 
 
 @app.command()
@@ -480,7 +485,8 @@ def detect(
     gender: GenderRuns = None,
     out: Annotated[Path, typer.Option(help="One row per face: CSV (JSON note beside it), or one JSON file if *.json.")] = Path("detections.csv"),
     annotate: Annotated[Optional[Path], typer.Option(help="Folder to write each photo into with its boxes and labels drawn.")] = None,
-    min_prob: MinProb = 0.9,
+    detector: FaceDetector = DetectorName.retinaface,
+    min_prob: MinProb = None,
     min_face: MinFace = 20,
     max_side: MaxSide = 1600,
     second_pass: SecondPass = True,
@@ -491,10 +497,11 @@ def detect(
     which: WhichCheckpoint = Checkpoint.best,
     device: DeviceName = "auto",
 ):
-    """Find every face in each photo (MTCNN), classify mask, gender and age band; one row per face.
+    """Find every face in each photo (RetinaFace, or MTCNN), classify mask, gender and age band; one row per face.
 
-    Several runs of one task are averaged (soft vote). Each face is cut out as the training crops were (the box grown by the run's crop_margin), even for runs
-    trained with crop: none or center: a whole group photo is never fed to a classifier.
+    Several runs of one task are averaged (soft vote). Each face is cut out as the training crops were (the box
+    grown by the run's crop_margin, squared if crop_square), even for runs trained with crop: none or center: a
+    whole group photo is never fed to a classifier.
     """
     from .bundle import bundle_version
     from .detect import run_detect
@@ -503,7 +510,7 @@ def detect(
     check_writable(out)
     if annotate is not None:  # checked now: a folder found unwritable after the first photos loses them
         check_writable(annotate, folder=True)
-    settings = _detect_settings(min_prob, min_face, max_side, second_pass, tta, runtime, device)
+    settings = _detect_settings(detector, min_prob, min_face, max_side, second_pass, tta, runtime, device)
     runs = _specialist_runs(mask, age, gender, project, which.value, bundled)
     result, path = run_detect(photos, runs, out, settings, which.value, annotate)
     for message in result.unreadable:
@@ -528,7 +535,8 @@ def serve(
     max_files: Annotated[int, typer.Option(min=1, help="Most photos in one request.")] = 16,
     max_megapixels: Annotated[float, typer.Option(min=0, help="Largest photo accepted, in megapixels (read from its header; above 0).")] = 40.0,
     max_request_megapixels: Annotated[float, typer.Option(min=0, help="Most megapixels in one request, as decoded (a JPEG over --max-side decodes smaller; above 0).")] = 100.0,
-    min_prob: MinProb = 0.9,
+    detector: FaceDetector = DetectorName.retinaface,
+    min_prob: MinProb = None,
     min_face: MinFace = 20,
     max_side: MaxSide = 1600,
     second_pass: SecondPass = True,
@@ -550,7 +558,7 @@ def serve(
     except ImportError as err:
         fail(f"maskcls serve needs {err.name}: pip install 'maskcls[serve]'")
     os.environ.setdefault("MASKCLS_NO_PROGRESS", "1")  # a progress bar per request would flood the log
-    settings = _detect_settings(min_prob, min_face, max_side, second_pass, tta, runtime, device)
+    settings = _detect_settings(detector, min_prob, min_face, max_side, second_pass, tta, runtime, device)
     limits = ServeLimits(max_upload_mb=max_upload_mb, max_files=max_files, max_megapixels=max_megapixels,
                          max_request_megapixels=max_request_megapixels)
     runs = _specialist_runs(mask, age, gender, project, which.value, bundled)

@@ -1,13 +1,16 @@
-"""Faces in any photo: MTCNN finds every face, each is cropped as training cropped, the three specialists
-classify it, and every face becomes one row; ``annotate`` draws the boxes and labels onto the photo.
+"""Faces in any photo: RetinaFace (or MTCNN, ``DetectSettings.detector``) finds every face, each is cropped as
+training cropped, the three specialists classify it, and every face becomes one row; ``annotate`` draws the
+boxes and labels onto the photo.
 
-A face is always cut out before it is classified, whatever a run's ``crop`` setting: the MTCNN box grown by
-the run's ``crop_margin`` and clipped to the photo (``faces.crop_box``, the code that cut the training crops).
+A face is always cut out before it is classified, whatever a run's ``crop`` setting: the detector's box grown by
+the run's ``crop_margin`` (squared first if ``crop_square``) and clipped to the photo (``faces.crop_box``, the
+code that cut the training crops). The crop cache's face-size bounds (a fraction of a portrait's side) do not
+apply: a small face in a group photo gets its row.
 A run trained on whole or centre-cropped photos (``crop: none`` / ``center``) therefore sees a tighter framing
 than it trained on, but a group photo is never fed to a classifier whole.
 
 Rows: ``file``, ``status`` (``face``, or ``no_face`` for a readable photo without one: one row with the face
-fields empty), ``face`` (1, 2, ... left to right), the box ``x1 y1 x2 y2`` (MTCNN's, clipped to the photo),
+fields empty), ``face`` (1, 2, ... left to right), the box ``x1 y1 x2 y2`` (the detector's, clipped to the photo),
 ``det_prob``, ``mask`` ``gender`` ``age`` with ``*_prob`` (the chosen class's probability), the 18-class
 ``label`` (argmax per task, ``mask*6 + gender*3 + age``; no tuned bias) and its ``class`` name; ``age_years``
 is the expected age when the age runs have ``age_target: years`` (maskcls.years), else empty. Unreadable
@@ -28,12 +31,13 @@ from PIL import ExifTags, Image, ImageDraw, ImageFont
 from torch import nn
 
 from .data.dataset import build_dataset
-from .data.faces import (DEFAULT_THRESHOLDS, LOOSE, CropSettings, Face, create_detector, crop_box, detect_faces,
-                         face_in_image)
+from .data.faces import (DEFAULT_THRESHOLDS, DETECTORS, LOOSE, RETINAFACE_SCORE, CropSettings, Face, RetinaFace,
+                         create_detector, crop_box, detect_faces, face_in_image)
 from .data.images import PHOTO_SUFFIXES, open_rgb, reduce_jpeg
 from .data.labels import class_name, encode
 from .data.layout import DataError
 from .engine import Engine, pick_device
+from .errors import ConfigError
 from .io import atomic_path, atomic_write_text, note_path
 from .infer import Prediction, Run, build_views, inference_engine, inference_model, load_run, predict, tta_views
 from .tasks import SPECIALISTS, get_task
@@ -47,23 +51,32 @@ PHOTOS_PER_BATCH = 16  # photos detected and classified together: their faces sh
 # decoded pixels held at once, by a batch of photos or by a served request: 400 MB as Pillow holds RGB (4 bytes
 # a pixel), two 40-megapixel photos or 16 of 6; a JPEG counts at the size it decodes at (DetectSettings.max_side)
 BATCH_MEGAPIXELS = 100.0
-# pixels of detection copies in one MTCNN call: its float input, pyramid and P-net maps take ~50 bytes a pixel
+# pixels of detection copies in one detector call: MTCNN's float input, pyramid and P-net maps take ~50 bytes a pixel
 DETECT_MEGAPIXELS = 8.0
 
 
-MAX_OVERLAP = 0.5  # a later pass's face covering more than this fraction of a kept face (or of itself) repeats it
+MAX_OVERLAP = 0.5  # a less confident face covering more than this fraction of a kept face (or of itself) repeats it
+# detector -> its default ``min_prob``. RetinaFace: the crops' score threshold, which the bundled models' crops
+# were cut at; a masked face scores lower than a bare one (at 0.9 it misses about 6 % of the dev set's masked
+# faces that 0.5 finds; the sample photos' faces all score 0.96 or more, see docs/benchmarks.md).
+MIN_PROB = {"retinaface": RETINAFACE_SCORE, "mtcnn": 0.9}
 
 
 @dataclass(frozen=True)
 class DetectSettings:
-    min_prob: float = 0.9  # MTCNN's O-net probability a face needs to get a row, in every pass
-    # MTCNN's P-, R- and O-net thresholds per pass: the training crops' first two. The first misses about a
-    # third of masked faces (masks hide the nose and mouth), the looser second finds most of them, plus
-    # eyes and whole-head boxes, which are dropped as repeats of a face the first pass found (MAX_OVERLAP).
+    detector: str = "retinaface"  # retinaface | mtcnn (facenet-pytorch's)
+    # the detector's score a face needs to get a row (RetinaFace's score, MTCNN's O-net probability in every
+    # pass); None: the detector's default (MIN_PROB), see ``score_threshold``
+    min_prob: float | None = None
+    # MTCNN only: its P-, R- and O-net thresholds per pass: the training crops' first two. The first misses about
+    # a third of masked faces (masks hide the nose and mouth), the looser second finds most of them, plus eyes
+    # and whole-head boxes, which are dropped as repeats of a face found with more confidence (MAX_OVERLAP).
     passes: tuple[tuple[float, float, float], ...] = (DEFAULT_THRESHOLDS, LOOSE)
-    min_face_size: int = 20  # pixels: the smallest face MTCNN's image pyramid looks for
-    # MTCNN looks at a copy whose longer side is at most this (0: the photo as is): its pyramid's time and
-    # memory grow with the area (a 10000 x 10000 photo took minutes and 8 GB). A larger JPEG is decoded at 1/2,
+    # pixels of the copy the detector sees: a face whose box is smaller (its shorter side) gets no row, whichever
+    # the detector; MTCNN's image pyramid does not look for smaller faces either
+    min_face_size: int = 20
+    # The detector looks at a copy whose longer side is at most this (0: the photo as is): MTCNN's pyramid's time
+    # and memory grow with the area (a 10000 x 10000 photo took minutes and 8 GB). A larger JPEG is decoded at 1/2,
     # 1/4 or 1/8 scale, its longer side still at least this, and faces are cut from that (at 1600 a face the
     # detector can find is 20 px or more, and the classifiers see 96-128 px); other formats at full size. A face
     # under min_face_size x (longer side / max_side) pixels of the original is missed.
@@ -71,6 +84,30 @@ class DetectSettings:
     tta: bool = False
     runtime: str = "torch"  # torch | onnx (the runs' exported <which>.onnx)
     device: str = "auto"
+
+    def __post_init__(self):
+        if self.detector not in DETECTORS:
+            raise ConfigError(f"detector {self.detector!r}: expected one of {', '.join(DETECTORS)}")
+
+    @property
+    def score_threshold(self) -> float:
+        """The score a face needs: ``min_prob``, or the detector's default when None."""
+        return MIN_PROB[self.detector] if self.min_prob is None else self.min_prob
+
+    def record(self) -> dict:
+        """The settings that decide which faces are found, as the note writes them."""
+        fields = {k: v for k, v in dataclasses.asdict(self).items() if k not in ("tta", "runtime")}
+        if self.detector != "mtcnn":
+            del fields["passes"]  # MTCNN's thresholds
+        return {**fields, "min_prob": self.score_threshold}
+
+
+def create_face_detectors(settings: DetectSettings, device=None) -> list:
+    """The detectors ``find_faces`` runs in turn: RetinaFace (faces.RetinaFace, the crop cache's) at the score
+    threshold, or one MTCNN per pass of ``settings.passes``."""
+    if settings.detector == "retinaface":
+        return [RetinaFace(settings.score_threshold)]
+    return [create_detector(thresholds, settings.min_face_size, device) for thresholds in settings.passes]
 
 
 @dataclass
@@ -207,10 +244,12 @@ def load_specialists(runs: dict[str, Sequence[str | Path]], which: str = "best",
 # --- crops and classification -----------------------------------------------------------------------
 
 def find_faces(images: Sequence[Image.Image], detectors: Sequence, min_prob: float,
-               max_side: int = 0) -> list[list[Face]]:
-    """Every face of each image at ``min_prob`` or above, left to right: the first detector's faces, then each
-    later detector's that do not repeat one already found. Detected on ``detection_copy`` (``max_side``),
-    boxes in the image's own pixels. MTCNN sees at most DETECT_MEGAPIXELS of copies at a time."""
+               max_side: int = 0, min_face_size: int = 0) -> list[list[Face]]:
+    """Every face of each image at ``min_prob`` or above and ``min_face_size`` pixels or more, left to right: the
+    first detector's faces, then each later detector's; a face that repeats one found with more confidence (an
+    eye inside it, a whole head around it) is dropped. Detected on ``detection_copy`` (``max_side``, where the
+    size is measured), boxes in the image's own pixels. A detector sees at most DETECT_MEGAPIXELS of copies at a
+    time. The image gets detect_faces' grey border: it lifts RetinaFace's score of a face cut by the edge, too."""
     found: list[list[Face]] = []
     for start, stop in _spans([detection_size(image.size, max_side) for image in images], DETECT_MEGAPIXELS * 1e6):
         copies = [detection_copy(image, max_side) for image in images[start:stop]]
@@ -218,8 +257,10 @@ def find_faces(images: Sequence[Image.Image], detectors: Sequence, min_prob: flo
         for detector in detectors:
             for kept, faces, image, copy in zip(chunk, detect_faces(copies, detector, min_prob), images[start:stop],
                                                 copies):
-                faces = [face_in_image(face, "image", image.size, copy.size) for face in faces]
-                kept += [face for face in faces if all(_overlap(face.box, other.box) <= MAX_OVERLAP for other in kept)]
+                for face in (face_in_image(f, "image", image.size, copy.size) for f in faces
+                             if f.side >= min_face_size):  # most confident first
+                    if all(_overlap(face.box, other.box) <= MAX_OVERLAP for other in kept):
+                        kept.append(face)
         found += chunk
     return [sorted(faces, key=lambda face: (face.box[0], face.box[1])) for faces in found]
 
@@ -378,7 +419,7 @@ def face_records(rows: Sequence[dict]) -> list[dict]:
 
 class FaceChecker:
     """Every face in a photo with its mask, gender and age band: the Python API, and what ``maskcls detect`` and
-    ``maskcls serve`` check photos through. Loaded once: the specialists, MTCNN's passes and the engine.
+    ``maskcls serve`` check photos through. Loaded once: the specialists, the face detector and the engine.
 
         from maskcls import FaceChecker
         checker = FaceChecker()  # the bundled specialists
@@ -387,11 +428,11 @@ class FaceChecker:
 
     ``FaceChecker(mask=RUN, age=RUN, gender=RUN)`` answers with the runs named (a run folder, CV or ensemble
     folder, or a list of them, voted) and with the bundled specialist for each task not named; ``settings`` are
-    detect's (:class:`DetectSettings`: MTCNN thresholds, TTA, runtime, device). :meth:`predict` refuses an image
+    detect's (:class:`DetectSettings`: detector, its thresholds, TTA, runtime, device). :meth:`predict` refuses an image
     over ``max_megapixels``, as serve does.
 
     One instance may be shared by threads: :meth:`predict` runs one call at a time under the instance's lock
-    (MTCNN and the classifiers are not meant to be called from several threads at once, and torch already
+    (the detector and the classifiers are not meant to be called from several threads at once, and torch already
     spreads one call over the cores); images are read before the lock. :meth:`rows` takes no lock: serve holds
     its own around it.
     """
@@ -408,7 +449,7 @@ class FaceChecker:
     @classmethod
     def create(cls, specialists: Sequence[Specialist], settings: DetectSettings,
                detectors: Sequence | None = None) -> FaceChecker:
-        """A checker of specialists already loaded (``detectors``: MTCNNs already built, one per pass)."""
+        """A checker of specialists already loaded (``detectors``: built already, as ``create_face_detectors``)."""
         checker = cls.__new__(cls)
         checker._setup(specialists, settings, detectors, MAX_MEGAPIXELS)
         return checker
@@ -417,8 +458,7 @@ class FaceChecker:
                max_megapixels: float) -> None:
         device = pick_device(settings.device)
         self.specialists, self.settings, self.max_megapixels = list(specialists), settings, max_megapixels
-        # one MTCNN per pass of ``settings.passes``
-        self.detectors = detectors or [create_detector(t, settings.min_face_size, device) for t in settings.passes]
+        self.detectors = detectors or create_face_detectors(settings, device)
         self.engine = inference_engine(specialists[0].runs[0].config, settings.device, workers=0)  # crops in memory
         self._lock = threading.Lock()
 
@@ -463,7 +503,8 @@ class FaceChecker:
         together."""
         photos = [photo if isinstance(photo, Photo) else Photo(photo[0], photo[1], photo[1].size) for photo in photos]
         images = [photo.image for photo in photos]
-        found = find_faces(images, self.detectors, self.settings.min_prob, self.settings.max_side) if photos else []
+        found = find_faces(images, self.detectors, self.settings.score_threshold, self.settings.max_side,
+                           self.settings.min_face_size) if photos else []
         pairs = list(zip(images, found))
         scored = ({s.task: classify(s, pairs, self.settings, self.engine) for s in self.specialists}
                   if any(found) else {})
@@ -521,7 +562,7 @@ def detection_note(specialists: Sequence[Specialist], settings: DetectSettings, 
             "views": {s.task: [name for name, _ in build_views(tta_views(s.runs[0].config, settings.tta))]
                       for s in specialists},
             "crop_margin": {s.task: [r.config.crop_margin for r in s.runs] for s in specialists},
-            "settings": {k: v for k, v in dataclasses.asdict(settings).items() if k not in ("tta", "runtime")},
+            "detector": settings.detector, "settings": settings.record(),
             "photos": result.photos, "faces": result.faces, "no_face": result.no_face,
             "unreadable": result.unreadable}
 

@@ -14,7 +14,7 @@ request's pixels as decoded (``max_request_megapixels``) are read from the heade
 ``{"detail": "..."}`` naming what is wrong; a file name from a request is only ever echoed back, never opened.
 
 One request at a time decodes its photos and runs them through the models, under a lock: the decoded pixels in
-memory are one request's (torch and onnxruntime already spread a batch over the cores, and MTCNN and the
+memory are one request's (torch and onnxruntime already spread a batch over the cores, and the detector and the
 classifiers are not meant to be called from several threads at once). A JPEG larger than the detector needs is
 decoded at 1/2, 1/4 or 1/8 scale (``DetectSettings.max_side``), as ``maskcls detect`` decodes it. The decoded
 photos are dropped when the models are done, and after a large request glibc is told to hand the freed pages
@@ -287,6 +287,7 @@ def create_app(checker: FaceChecker, limits: ServeLimits = ServeLimits()):
     @app.get("/v1/models")
     def list_models() -> dict:
         return {"models": models, "bundle": bundle, "engine": settings.runtime, "tta": settings.tta,
+                "detector": settings.detector, "min_prob": settings.score_threshold,
                 "limits": {"max_upload_mb": limits.max_upload_mb, "max_files": limits.max_files,
                            "max_megapixels": limits.max_megapixels,
                            "max_request_megapixels": limits.max_request_megapixels}}

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from test_bundle import VERSION, bundle, bundle_env  # noqa: F401 (fixtures)
-from test_detect import one_thread, portrait, quiet, run, side_by_side  # noqa: F401 (autouse fixtures)
+from test_detect import FACE_POINTS, one_thread, portrait, quiet, run, side_by_side  # noqa: F401 (autouse fixtures)
 
 from maskcls.detect import COLUMNS, DetectSettings, ImageTooLarge
 from maskcls.errors import DataError
@@ -99,6 +99,18 @@ def test_predict_refuses_too_large_and_unknown_inputs_in_one_line(checker, tmp_p
         checker.predict([np.zeros((8, 8, 3), np.uint8), np.zeros((8, 8, 3), np.float32)])
     with pytest.raises(DataError, match=r"nope.png: image file is missing"):
         checker.predict(tmp_path / "nope.png")
+
+
+def test_the_api_finds_faces_with_retinaface_by_default_and_with_mtcnn_when_asked(checker, bundle_env):
+    from maskcls import FaceChecker
+    from maskcls.data.faces import RetinaFace
+
+    assert checker.settings.detector == "retinaface" and isinstance(checker.detectors[0], RetinaFace)
+    mtcnn = FaceChecker(settings=DetectSettings(detector="mtcnn", min_face_size=32, device="cpu"))
+    assert [type(d).__name__ for d in mtcnn.detectors] == ["MTCNN", "MTCNN"]
+    for found in (checker, mtcnn):
+        face, = found.predict(portrait())
+        assert all(face["x1"] < x < face["x2"] and face["y1"] < y < face["y2"] for x, y in FACE_POINTS)
 
 
 def test_one_checker_may_be_shared_by_threads(checker, pair_image):

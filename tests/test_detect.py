@@ -344,3 +344,97 @@ def test_mtcnn_sees_at_most_detect_megapixels_of_copies_at_a_time(monkeypatch):
     assert detect_module.find_faces(images, ["one pass", "two"], 0.9, max_side=800) == [[] for _ in images]
     per_pass = [[(800, 600)], [(800, 600)], [(500, 500), (500, 500)], [(100, 100)]]
     assert calls == [size for chunk in per_pass for size in (chunk, chunk)]
+
+
+# ------------------------------------------------------------------------------- face detectors
+
+@pytest.mark.parametrize("detector", [None, "mtcnn"])  # None: the default
+def test_either_detector_finds_both_faces_and_the_note_names_it(project, pair, tmp_path, detector):
+    out = tmp_path / "faces.json"
+    chosen = ["--detector", detector] if detector else []
+    result = run("detect", pair, "--project", project, "--out", out, "--min-face", 32, *chosen)
+    assert result.exit_code == 0, result.output
+    written = json.loads(out.read_text())
+    assert written["detector"] == (detector or "retinaface") == written["settings"]["detector"]
+    assert written["settings"]["min_prob"] == {"retinaface": 0.5, "mtcnn": 0.9}[written["detector"]]
+    assert ("passes" in written["settings"]) == (detector == "mtcnn")  # MTCNN's thresholds only
+    rows = pd.DataFrame(written["rows"])
+    assert rows["status"].tolist() == ["face", "face"]
+    for (_, row), offset in zip(rows.iterrows(), (0, PORTRAIT[0])):
+        for x, y in FACE_POINTS:
+            assert row["x1"] < x + offset < row["x2"] and row["y1"] < y < row["y2"]
+
+
+@pytest.mark.parametrize("detector", ["retinaface", "mtcnn"])
+def test_min_face_drops_faces_smaller_than_it_whichever_the_detector(project, pair, tmp_path, detector):
+    out = tmp_path / "faces.csv"
+    result = run("detect", pair, "--project", project, "--out", out, "--detector", detector, "--min-face", 60)
+    assert result.exit_code == 0, result.output  # the faces' boxes are 40-50 px
+    assert pd.read_csv(out)["status"].tolist() == ["no_face"]
+
+
+def test_a_small_face_in_a_large_group_photo_is_found_where_the_crops_size_bounds_would_drop_it(project, tmp_path):
+    from maskcls.data.faces import CropSettings
+
+    canvas = Image.fromarray(np.random.default_rng(0).integers(90, 170, (900, 1400, 3), np.uint8))
+    canvas.paste(portrait(), (900, 500))
+    canvas.save(tmp_path / "group.png")
+    out = tmp_path / "faces.csv"
+    result = run("detect", tmp_path / "group.png", "--project", project, "--out", out)
+    assert result.exit_code == 0, result.output
+    row = pd.read_csv(out).iloc[0]
+    assert row["status"] == "face" and len(pd.read_csv(out)) == 1
+    for x, y in FACE_POINTS:
+        assert row["x1"] < x + 900 < row["x2"] and row["y1"] < y + 500 < row["y2"]
+    assert (row["x2"] - row["x1"]) / 900 < CropSettings.min_face_fraction  # a portrait's bound would drop it
+
+
+def test_detects_border_lifts_retinaface_on_a_face_cut_by_the_photos_edge():
+    from maskcls.data.faces import RetinaFace, detect_faces
+    from maskcls.detect import find_faces
+
+    # the astronaut's face (x 177-272, y 56-176) cut through the middle by the photo's left edge
+    half_face = Image.fromarray(skimage_data.astronaut()).crop((225, 0, 525, 300))
+    detector = RetinaFace(0.9)
+    assert detect_faces([half_face], detector, 0.9, pad=0.0) == [[]]  # scored about 0.7 without the border
+    face, = find_faces([half_face], [detector], 0.9)[0]
+    assert face.box[0] < 5 and face.box[1] < 70 < 160 < face.box[3]
+
+
+def test_find_faces_drops_a_less_confident_box_inside_a_face_and_faces_under_min_face(monkeypatch):
+    import maskcls.detect as detect_module
+
+    head, inside, small, other = (Face((10.0, 10.0, 60.0, 70.0), 0.99), Face((20.0, 15.0, 50.0, 50.0), 0.6),
+                                  Face((100.0, 10.0, 115.0, 28.0), 0.95), Face((150.0, 10.0, 190.0, 60.0), 0.8))
+    monkeypatch.setattr(detect_module, "detect_faces", lambda copies, detector, min_prob: [
+        [head, small, other, inside] for _ in copies])  # most confident first, as detect_faces orders them
+    found, = detect_module.find_faces([Image.new("RGB", (200, 100))], ["one detector"], 0.5, min_face_size=20)
+    assert found == [head, other]  # the box inside the head repeats it; the 15 px face is under 20
+
+
+def test_face_detectors_follow_the_settings():
+    from maskcls.data.faces import RetinaFace
+    from maskcls.detect import create_face_detectors
+
+    retina, = create_face_detectors(DetectSettings())  # --second-pass does not apply to it
+    assert isinstance(retina, RetinaFace) and retina.score_threshold == 0.5
+    assert create_face_detectors(DetectSettings(min_prob=0.8))[0].score_threshold == 0.8
+    mtcnn = create_face_detectors(DetectSettings(detector="mtcnn", min_face_size=30), "cpu")
+    assert [m.thresholds for m in mtcnn] == [list(p) for p in DetectSettings.passes]
+    assert {m.min_face_size for m in mtcnn} == {30} and DetectSettings(detector="mtcnn").score_threshold == 0.9
+    with pytest.raises(ValueError, match="detector 'yolo': expected one of mtcnn, retinaface"):
+        DetectSettings(detector="yolo")
+
+
+def test_detect_finds_every_labelled_face_of_the_sample_photos(project, tmp_path):
+    from bench.photos import SAMPLES, match
+
+    out = tmp_path / "faces.csv"
+    result = run("detect", SAMPLES, "--project", project, "--out", out)
+    assert result.exit_code == 0, result.output
+    rows, labels = pd.read_csv(out), pd.read_csv(SAMPLES / "labels.csv")
+    found = 0
+    for name, truth in labels.groupby("photo"):
+        boxes = rows.loc[rows["file"] == str(SAMPLES / name), ["x1", "y1", "x2", "y2"]].dropna().to_numpy().tolist()
+        found += sum(j is not None for j in match(truth[["x1", "y1", "x2", "y2"]].to_numpy().tolist(), boxes))
+    assert found == len(labels) == 8 and (rows["status"] == "face").sum() <= 10  # MTCNN finds 6

@@ -109,6 +109,7 @@ def test_models_healthz_page_and_docs(client, project):
     assert str(project) not in answer.text  # run names, never a path of the server's disk
     assert mask["img_size"] == 32 and mask["val_f1"] == 0.0 and len(mask["sha1"]) == 40
     assert models["engine"] == "torch" and models["limits"]["max_files"] == 3
+    assert (models["detector"], models["min_prob"]) == ("retinaface", 0.5)
     assert models["limits"]["max_request_megapixels"] == LIMITS.max_request_megapixels
     assert client.get("/healthz").json() == {"status": "ok"}
     page = client.get("/")
@@ -199,12 +200,29 @@ def test_the_cli_serves_on_loopback_by_default(project, monkeypatch):
     started = {}
     monkeypatch.setattr(maskcls.serve, "listen", lambda host, port: started.update(host=host, port=port) or "socket")
     monkeypatch.setattr(maskcls.serve, "serve", lambda checker, limits, sock, announce: started.update(
-        sock=sock, limits=limits, engine=checker.settings.runtime))
+        sock=sock, limits=limits, engine=checker.settings.runtime, detectors=checker.detectors))
     result = run("serve", "--project", project, "--max-files", 5)
     assert result.exit_code == 0, result.output
+    detectors = started.pop("detectors")
     assert started == {"host": "127.0.0.1", "port": 8000, "sock": "socket", "limits": ServeLimits(max_files=5),
                        "engine": "torch"}
+    assert [type(d).__name__ for d in detectors] == ["RetinaFace"] and detectors[0].score_threshold == 0.5
     assert result.stderr == ""  # loopback: no warning
+
+
+def test_the_cli_serves_with_mtcnn_and_its_options(project, monkeypatch):
+    import maskcls.serve
+
+    started = {}
+    monkeypatch.setattr(maskcls.serve, "listen", lambda host, port: "socket")
+    monkeypatch.setattr(maskcls.serve, "serve", lambda checker, limits, sock, announce: started.update(
+        settings=checker.settings, detectors=checker.detectors))
+    result = run("serve", "--project", project, "--detector", "mtcnn", "--min-prob", 0.8, "--min-face", 30,
+                 "--no-second-pass", "--device", "cpu")
+    assert result.exit_code == 0, result.output
+    settings = started["settings"]
+    assert (settings.detector, settings.score_threshold, settings.min_face_size) == ("mtcnn", 0.8, 30)
+    assert [(type(d).__name__, d.min_face_size) for d in started["detectors"]] == [("MTCNN", 30)]  # one pass
 
 
 def test_the_server_answers_on_loopback_and_stops_cleanly_on_sigterm(project):

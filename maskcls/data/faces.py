@@ -29,6 +29,11 @@ class Face:
     def area(self) -> float:
         return (self.box[2] - self.box[0]) * (self.box[3] - self.box[1])
 
+    @property
+    def side(self) -> float:
+        """The box's shorter side: the face's size."""
+        return min(self.box[2] - self.box[0], self.box[3] - self.box[1])
+
 
 VIEWS = ("image", "mirror", "equalize", "equalize_mirror", "half", "up")
 DETECTORS = ("mtcnn", "retinaface")  # the config's `crop_detector`; the first is the default
@@ -293,14 +298,10 @@ def pick_faces(images: list[Image.Image], settings: CropSettings,
         for i, seen, faces in zip(todo, views, detect_faces(views, detector, pad=settings.pad)):
             side = min(images[i].size)
             for face in (face_in_image(f, view, images[i].size, seen.size) for f in faces):
-                if settings.min_face_fraction <= _face_side(face) / side <= settings.max_face_fraction:
+                if settings.min_face_fraction <= face.side / side <= settings.max_face_fraction:
                     picked[i], found_by[i] = face, number
                     break
     return list(zip(picked, found_by))
-
-
-def _face_side(face: Face) -> float:
-    return min(face.box[2] - face.box[0], face.box[3] - face.box[1])
 
 
 # ------------------------------------------------------------------------------------------- box arithmetic
