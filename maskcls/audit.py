@@ -93,7 +93,7 @@ def load_task_table(path: str | Path, task: str, data_dir: str | Path) -> TaskTa
 def _check_task(predictions, task: str, labels: np.ndarray) -> None:
     """The table is ``task``'s: its CV folder's summary says so (its own note is checked as it is read), and its
     ``target`` column is the ``task`` class of each label (mask and age both have three classes)."""
-    from .cv import SUMMARY_FILE
+    from .runs import SUMMARY_FILE
 
     summary = predictions.path.parent / SUMMARY_FILE
     try:

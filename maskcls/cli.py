@@ -491,6 +491,7 @@ def detect(
     max_side: MaxSide = 1600,
     second_pass: SecondPass = True,
     tta: FaceTTA = False,
+    quiet: Annotated[bool, typer.Option("--quiet", help="Print the summary line only, not a line per face.")] = False,
     runtime: RuntimeOption = RuntimeName.torch,
     project: ProjectDir = None,
     bundled: Bundled = False,
@@ -504,7 +505,7 @@ def detect(
     whole group photo is never fed to a classifier.
     """
     from .bundle import bundle_version
-    from .detect import run_detect
+    from .detect import face_line, run_detect
     from .io import check_writable
 
     check_writable(out)
@@ -515,8 +516,8 @@ def detect(
     result, path = run_detect(photos, runs, out, settings, which.value, annotate)
     for message in result.unreadable:
         typer.echo(f"warning: skipped {message}", err=True)
-    for file in result.no_face:
-        typer.echo(f"{file}: no face found")
+    for row in result.rows if not quiet else []:
+        typer.echo(face_line(row) if row["status"] == "face" else f"{row['file']}: no face found")
     version = bundle_version(r for rs in runs.values() for r in rs)
     typer.echo(f"{result.photos} photo(s), {result.faces} face(s), {len(result.no_face)} without a face, "
                f"{len(result.unreadable)} unreadable -> {path}" + (f" (maskcls bundle {version})" if version else ""))

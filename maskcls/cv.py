@@ -23,11 +23,10 @@ from .data import fold_of_people, load_train
 from .io import atomic_write_text, is_main_process
 from .metrics import macro_f1
 from .predictions import predict_runs, write_predictions
-from .runs import OOF_FILE, fold_dir
+from .runs import OOF_FILE, SUMMARY_FILE, fold_dir
 from .tasks import get_task
 
 DEFAULT_NAME = "cv"  # fixed, not exp/exp2/...: running the command again finds the folds to finish
-SUMMARY_FILE = "cv.json"
 
 
 @dataclass

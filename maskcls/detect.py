@@ -348,6 +348,14 @@ def face_rows(file: str, size: tuple[int, int], faces: Sequence[Face],
     return rows
 
 
+def face_line(row: dict) -> str:
+    """One face of detect's rows in words: file, face number, box, and each task's answer with its probability."""
+    age = "" if row.get(AGE_COLUMN) is None else f" (about {row[AGE_COLUMN]:.0f} years)"
+    return (f"{row['file']} face {row['face']} [{row['x1']}, {row['y1']}, {row['x2']}, {row['y2']}]: "
+            f"mask {row['mask']} {row['mask_prob']:.2f}, {row['gender']} {row['gender_prob']:.2f}, "
+            f"age {row['age']} {row['age_prob']:.2f}{age}")
+
+
 # --- annotation -------------------------------------------------------------------------------------
 
 def annotate(image: Image.Image, rows: Sequence[dict]) -> Image.Image:

@@ -15,6 +15,7 @@ from .data import DataError
 FOLD_NAME = re.compile(r"fold(\d+)")
 MEMBER_NAME = re.compile(r"member(\d+)")
 OOF_FILE = "oof.csv"  # a CV folder's out-of-fold predictions (maskcls cv), read by maskcls audit
+SUMMARY_FILE = "cv.json"  # a CV folder's task and scores (maskcls cv), read by maskcls audit
 
 
 def fold_dir(cv_dir: str | Path, fold: int) -> Path:

@@ -12,11 +12,12 @@ PACKAGE = Path(__file__).resolve().parents[1] / "maskcls"
 # lowest first; a module may import modules of its own layer and of lower ones (docs/architecture.md)
 LAYERS = [
     {"errors", "io", "progress", "metrics", "plots", "transforms", "quantize"},  # leaves
-    {"data.labels"},  # the 18 classes, age bands
-    {"data.layout"},  # reading and checking the competition layout; DataError
-    {"data.images", "data.fixes", "data.split", "data.faces", "data.sample", "data.samplers", "data.summary"},
+    {"data.labels", "data.images"},  # the 18 classes, age bands; the one image reader (open_rgb)
+    {"data.layout"},  # reading and checking the competition layout
+    {"data.fixes", "data.split", "data.faces", "data.sample", "data.samplers", "data.summary"},
     {"data"},  # the package's own names: load_train, split_images, ...
-    {"data.crop", "data.extra"},  # the crop cache; extra_data folders, routed to their crop caches
+    {"data.extra"},  # extra_data folders: read and check
+    {"data.crop"},  # the crop cache, the image loaders (extra_data images routed to their folders' caches)
     {"data.dataset"},  # ImageDataset, build_dataset: an image loader and the transforms
     {"tasks", "losses", "years"},  # the task table; the loss registry; the year head (age_target=years)
     {"config"},  # reads the registries below it for its choices
@@ -33,8 +34,6 @@ LAYERS = [
 ]
 COMMANDS = {"evaluate", "combine", "submit", "cv", "ensemble", "audit", "export", "detect", "serve"}
 SEPARATE = [LAYERS[-3]]  # layers whose modules never import each other
-# crop and extra import each other (inside functions): one unit for the loop check until that is broken
-SAME_UNIT = {"data.extra": "data.crop"}
 
 
 def unit(module: str) -> str:
@@ -111,8 +110,7 @@ def violations(graph: dict[str, set[str]]) -> list[str]:
 def loops(graph: dict[str, set[str]]) -> list[list[str]]:
     """One cycle per strongly tangled start, found by depth-first search between units (the modules of a unit
     may import each other)."""
-    def loop_unit(module):
-        return SAME_UNIT.get(unit(module), unit(module))
+    loop_unit = unit
 
     units: dict[str, set[str]] = {}
     for module, imported in graph.items():

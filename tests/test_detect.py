@@ -148,6 +148,12 @@ def test_a_folder_of_good_faceless_and_unreadable_files(project, pair, tmp_path)
     table = pd.DataFrame(written["rows"])
     assert table.groupby("file")["status"].apply(list).to_dict() == {
         str(folder / "group.jpg"): ["face", "face"], str(folder / "day2" / "empty_hall.png"): ["no_face"]}
+    for row in (r for r in written["rows"] if r["status"] == "face"):  # each face printed in words
+        assert (f"{row['file']} face {row['face']} [{row['x1']}, {row['y1']}, {row['x2']}, {row['y2']}]: mask "
+                f"{row['mask']} {row['mask_prob']:.2f}, {row['gender']} {row['gender_prob']:.2f}, age {row['age']} "
+                f"{row['age_prob']:.2f}") in result.stdout
+    quiet = run("detect", folder / "group.jpg", "--project", project, "--out", tmp_path / "q.csv", "--quiet")
+    assert quiet.exit_code == 0 and " face 1 [" not in quiet.stdout and "1 photo(s), 2 face(s)" in quiet.stdout
     assert written["photos"] == 2 and written["faces"] == 2 and len(written["unreadable"]) == 2
     no_face_row = table[table["status"] == "no_face"].iloc[0]
     assert no_face_row[["face", "x1", "mask", "label"]].isna().all()
