@@ -149,7 +149,7 @@ def data_synth(
 
 def _check_outputs(config, resume: Path | None = None) -> None:
     """The folders a training writes, checked before it reads an image: its run folder, and the crop cache
-    that crop=mtcnn fills with the faces it detects."""
+    that crop=faces fills with the faces it detects."""
     from .data.crop import resolve_cache_dir
     from .io import check_writable
 
