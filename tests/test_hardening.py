@@ -73,7 +73,7 @@ def test_predict_names_the_bad_row_in_one_line(dataset_copy, tmp_path):
     (["crop", "data", "--fallback", "0"], "--fallback", 0),
     (["audit", "data", "--top", "-1"], "--top", -1),
     (["demo", "--epochs", "0"], "--epochs", 0),
-    (["data", "sample", "out", "--people", "0"], "--people", 0),
+    (["data", "synth", "out", "--people", "0"], "--people", 0),
 ])
 def test_an_option_out_of_its_range_is_one_line_before_any_work(tmp_path, monkeypatch, args, option, value):
     monkeypatch.chdir(tmp_path)
@@ -109,7 +109,7 @@ def test_outputs_under_a_file_are_refused_naming_the_folder(sample_dataset, tmp_
         (["train", "mask", *TINY_TRAIN, f"data_dir={sample_dataset}", f"project={blocked / 'runs'}"],
          blocked / "runs"),
         (["crop", sample_dataset, "--cache-dir", blocked / "cache"], blocked / "cache"),
-        (["data", "sample", blocked / "faces"], blocked / "faces"),
+        (["data", "synth", blocked / "faces"], blocked / "faces"),
     ]
     for args, where in cases:
         one_line_error(cli(*args), f"{where if where.suffix != '.csv' else where.parent}", "is a file")
@@ -129,8 +129,8 @@ def test_an_unwritable_folder_is_refused(tmp_path):
     folder.mkdir()
     folder.chmod(0o500)
     try:
-        one_line_error(cli("data", "sample", folder), f"{folder}: folder is not writable")
-        one_line_error(cli("data", "sample", folder / "faces"), f"{folder / 'faces'}: cannot be made, {folder} is not "
+        one_line_error(cli("data", "synth", folder), f"{folder}: folder is not writable")
+        one_line_error(cli("data", "synth", folder / "faces"), f"{folder / 'faces'}: cannot be made, {folder} is not "
                                                                 f"writable")
     finally:
         folder.chmod(0o700)
