@@ -107,8 +107,7 @@ class Ours:
             runs = {task: getattr(args, task) for task in ("mask", "age", "gender")}
             settings = DetectSettings(tta=args.tta, device="cpu")
             self.checker = FaceChecker.create(load_specialists(runs), settings)
-        self.fallback = FaceChecker(self.checker.specialists, self.checker.settings, [WholePhoto()],
-                                    self.checker.engine)
+        self.fallback = FaceChecker.create(self.checker.specialists, self.checker.settings, [WholePhoto()])
         self.name = "maskcls bundle" if args.bundled else "maskcls runs"
         self.fallback.rows([("warm-up", Image.new("RGB", (64, 64)))])  # torch's first call is slow: not timed
 

@@ -48,7 +48,7 @@ def test_config_hash_follows_the_values_not_the_yaml_text(tmp_path):
 def test_crop_all_crops_with_every_detector_the_configs_name_and_their_extra_faces(monkeypatch, tmp_path):
     calls = []
     monkeypatch.setattr(common, "maskcls", lambda *args: calls.append(args) or ("", 1.0))
-    configs = [load_config("mask"), load_config("gender", ["extra_data=extra_faces"]),
+    configs = [load_config("mask"), load_config("gender", ["extra_data=extra_faces", "crop_detector=mtcnn"]),
                load_config("age", ["crop=none", "crop_detector=mtcnn"])]
     assert common.crop_all(tmp_path, *common.extra_options(configs), configs=configs) == 2.0
     assert calls == [("crop", str(tmp_path), "--detector", "retinaface", "--extra", "extra_faces"),
