@@ -477,7 +477,8 @@ def test_the_first_training_detects_the_faces_once_and_later_runs_read_them(tmp_
     extra = make_sample_extra(tmp_path / "extra", faces=4, size=(48, 64))
     detector = ContentDetector()
     monkeypatch.setattr(crop_module, "create_detectors", lambda settings, device=None: [detector])
-    fit(load_config("age", _tiny_run(data, tmp_path / "runs", f"extra_data={extra}", "name=first")))
+    mtcnn = "crop_detector=mtcnn"  # the stand-in replaces MTCNN
+    fit(load_config("age", _tiny_run(data, tmp_path / "runs", f"extra_data={extra}", mtcnn, "name=first")))
     assert detector.calls > 0
     assert "crops: 42 image(s)" in capsys.readouterr().out
     cache = tmp_path / ".maskcls_cache"
@@ -486,7 +487,7 @@ def test_the_first_training_detects_the_faces_once_and_later_runs_read_them(tmp_
     assert len(beside) == 4
 
     monkeypatch.setattr(crop_module, "create_detectors", lambda *a, **k: pytest.fail("the cache should be read"))
-    later = load_config("age", _tiny_run(data, tmp_path / "runs", f"extra_data={extra}", "seed=3", "fold=1"))
+    later = load_config("age", _tiny_run(data, tmp_path / "runs", f"extra_data={extra}", mtcnn, "seed=3", "fold=1"))
     assert crop_module.fill_crop_caches(later) == []  # another member or fold: nothing to detect
     build_datasets(later, (0.5,) * 3, (0.5,) * 3)  # and its images load from the cache
 

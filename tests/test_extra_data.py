@@ -183,7 +183,7 @@ def test_extra_faces_are_cropped_and_cached_beside_their_folder(tiny_data, tmp_p
     assert set(extra_manifest) == {f"images/extra_{k:05d}.jpg" for k in range(4)}
     assert not any(key.startswith("images/") for key in main_manifest)  # the dataset's cache is as before
 
-    config = load_config("age", [f"data_dir={data}", f"extra_data={extra}", "crop=faces"])
+    config = load_config("age", [f"data_dir={data}", f"extra_data={extra}", "crop=faces", "crop_detector=mtcnn"])
     loader = pickle.loads(pickle.dumps(build_train_image_loader(config)))
     monkeypatch.setattr(crop_module, "create_detectors", lambda *a, **k: pytest.fail("the cache should be used"))
     source = extra / "images" / "extra_00002.jpg"
