@@ -43,6 +43,7 @@ from starlette.formparsers import MultiPartException, MultiPartParser
 
 from . import __version__
 from .data.crop import file_hash
+from .data.images import ACCEPTED_FORMATS as READ_FORMATS
 from .data.layout import DataError
 from .detect import (BATCH_MEGAPIXELS, MAX_MEGAPIXELS, FaceChecker, ImageTooLarge, Photo, PhotoHeader,
                      check_pixels, decode_photo, face_records, photo_header)
@@ -53,7 +54,8 @@ FIELD = "files"  # the multipart field that carries the photos
 DEFAULT_HOST = "127.0.0.1"  # loopback: the server is reachable from other machines only when asked (--host)
 # the formats served, by PIL's name (MPO: a phone's JPEG with a second picture); any other gets a 415 before a
 # decoder runs (Pillow would start Ghostscript for an EPS)
-ACCEPTED_FORMATS = {"JPEG": "JPEG", "MPO": "JPEG", "PNG": "PNG", "WEBP": "WebP"}
+# open_rgb's formats by the name an image's header gives (a phone's JPEG says MPO), as the page names them
+ACCEPTED_FORMATS = {**{name: {"WEBP": "WebP"}.get(name, name) for name in READ_FORMATS}, "MPO": "JPEG"}
 TRIM_MEGAPIXELS = 10.0  # a request that decoded more (40 MB of RGB) hands its freed memory back to the system
 
 
