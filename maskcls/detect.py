@@ -33,7 +33,7 @@ from torch import nn
 from .data.dataset import build_dataset
 from .data.faces import (DEFAULT_THRESHOLDS, DETECTORS, LOOSE, RETINAFACE_SCORE, CropSettings, Face, RetinaFace,
                          create_detector, crop_box, detect_faces, face_in_image)
-from .data.images import PHOTO_SUFFIXES, open_rgb, reduce_jpeg
+from .data.images import PHOTO_SUFFIXES, bounded_size, open_rgb, reduce_jpeg
 from .data.labels import class_name, encode
 from .data.layout import DataError
 from .engine import Engine, pick_device
@@ -287,10 +287,8 @@ def detection_copy(image: Image.Image, max_side: int) -> Image.Image:
 
 
 def detection_size(size: tuple[int, int], max_side: int) -> tuple[int, int]:
-    if not max_side or max(size) <= max_side:
-        return size
-    scale = max_side / max(size)
-    return max(1, round(size[0] * scale)), max(1, round(size[1] * scale))
+    """``size`` within ``max_side`` (0: as it is), as the crops' bounded copy scales it."""
+    return bounded_size(size, max_side) if max_side else size
 
 
 def _overlap(a: Sequence[float], b: Sequence[float]) -> float:
