@@ -233,15 +233,15 @@ def crop(
                                             help="The contact sheet's centre crop, of this fraction of the image, "
                                                  "where no face is found.")] = CropSettings.fallback,
     square: Annotated[bool, typer.Option(help="The contact sheet's crops: square the face box first.")] = CropSettings.square,
-    detector: Annotated[DetectorName, typer.Option(help="What finds the faces (a run's crop_detector); each has its "
-                                                        "own cache.")] = DetectorName(CropSettings.detector),
+    detector: Annotated[DetectorName, typer.Option(help="What finds the faces (a run's crop_detector: configs/ use "
+                                                        "retinaface); each has its own cache.")] = DetectorName.retinaface,
     cache_dir: Annotated[Optional[Path], typer.Option(help="Default: <data_dir parent>/.maskcls_cache/<name>.")] = None,
     batch_size: Annotated[int, typer.Option(min=1, max=4096, help="Images per detector batch.")] = 32,
     sheet: Annotated[Optional[Path], typer.Option(help="Contact sheet PNG (default: <cache>/contact_sheet.png).")] = None,
     extra: Annotated[Optional[List[Path]], typer.Option(help="An extra_data folder to crop too (its cache beside "
                                                              "it); repeatable.")] = None,
 ):
-    """Detect the face in every train and eval image with MTCNN (or RetinaFace) and cache the boxes (re-runs reuse
+    """Detect the face in every train and eval image with RetinaFace (or MTCNN) and cache the boxes (re-runs reuse
     them; a run cuts its crops from them with its crop_margin / crop_square, so those need no new detection).
     A training with crop=faces fills the cache of its train images itself the first time; this does it ahead.
 

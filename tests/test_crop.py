@@ -249,7 +249,7 @@ def test_cli_crop(dataset, monkeypatch):
     bad = next((dataset / "eval" / "images").glob("*.jpg"))
     bad.write_bytes(b"")
     sheet = dataset.parent / "sheet.png"
-    result = CliRunner().invoke(app, ["crop", str(dataset), "--margin", "0.1", "--sheet", str(sheet)])
+    result = CliRunner().invoke(app, ["crop", str(dataset), "--detector", "mtcnn", "--margin", "0.1", "--sheet", str(sheet)])
     assert result.exit_code == 0, result.output
     assert "train: 14/14 faces detected (100.0%)" in result.output
     assert bad.name in result.output and sheet.is_file()

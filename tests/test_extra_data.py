@@ -174,7 +174,7 @@ def test_extra_faces_are_cropped_and_cached_beside_their_folder(tiny_data, tmp_p
     monkeypatch.setenv("MASKCLS_NO_PROGRESS", "1")
     data = shutil.copytree(tiny_data, tmp_path / "faces")
     extra = make_sample_extra(tmp_path / "extra", faces=4, size=(48, 64))
-    result = CliRunner().invoke(app, ["crop", str(data), "--extra", str(extra)])
+    result = CliRunner().invoke(app, ["crop", str(data), "--detector", "mtcnn", "--extra", str(extra)])
     assert result.exit_code == 0, result.output
     assert "/4 faces detected" in result.output and "/84 faces detected" in result.output  # extra, then train
     main_manifest = read_manifest(resolve_cache_dir(data))
