@@ -3,24 +3,12 @@
 and names at least 6 of their mask states. Skipped only where no bundle is shipped."""
 from __future__ import annotations
 
-from pathlib import Path
-
 import pandas as pd
 import pytest
 
 from maskcls.bundle import bundle_dir, load_bundle
 
-ROOT = Path(__file__).resolve().parents[1]
-SAMPLES = ROOT / "samples" / "photos"
-
 pytestmark = pytest.mark.skipif(not (bundle_dir() / "manifest.json").is_file(), reason="no bundle shipped")
-
-
-def iou(a, b) -> float:
-    width = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    height = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = width * height
-    return inter / ((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter)
 
 
 def test_the_shipped_bundle_loads_checked_and_fits_30_mb(monkeypatch):
@@ -31,18 +19,16 @@ def test_the_shipped_bundle_loads_checked_and_fits_30_mb(monkeypatch):
 
 
 def test_the_bundle_finds_and_reads_the_sample_photos_faces(monkeypatch):
+    from bench.photos import SAMPLES, match
     from maskcls import FaceChecker
 
     monkeypatch.delenv("MASKCLS_BUNDLE_DIR", raising=False)
-    labels = pd.read_csv(SAMPLES / "labels.csv")
     checker = FaceChecker()
     found = right = 0
-    for photo, truth in labels.groupby("photo"):
+    for photo, truth in pd.read_csv(SAMPLES / "labels.csv").groupby("photo"):
         faces = checker.predict(SAMPLES / photo)
-        for box in truth.itertuples():
-            scores = [(iou((box.x1, box.y1, box.x2, box.y2), (f["x1"], f["y1"], f["x2"], f["y2"])), f) for f in faces]
-            best, face = max(scores, key=lambda s: s[0], default=(0.0, None))
-            if best >= 0.3:
-                found += 1
-                right += face["mask"] == box.mask
+        matched = match(truth[["x1", "y1", "x2", "y2"]].to_numpy().tolist(),
+                        [[f["x1"], f["y1"], f["x2"], f["y2"]] for f in faces])
+        found += sum(j is not None for j in matched)
+        right += sum(j is not None and faces[j]["mask"] == mask for j, mask in zip(matched, truth["mask"]))
     assert found >= 7 and right >= 6, (found, right)
