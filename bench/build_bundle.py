@@ -29,12 +29,11 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from sklearn.metrics import f1_score
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root: `python bench/build_bundle.py`
 
 from bench.common import SHARED_DATA, crop_all, maskcls  # noqa: E402
-from bench.generalise import present_f1_draws  # noqa: E402
+from bench.generalise import f1_cell  # noqa: E402
 from maskcls.bundle import BUNDLE_ENV, bundle_dir, write_bundle  # noqa: E402
 from maskcls.config import load_config  # noqa: E402
 from maskcls.data.labels import GENDER_NAMES, decode  # noqa: E402
@@ -81,14 +80,6 @@ def scored(labels: Path, answers: dict[str, Path]) -> tuple[pd.DataFrame, dict]:
     table = pd.read_csv(labels, dtype={"person": str}).set_index("ImageID")
     preds = {name: decode(read_answers(path).reindex(table.index).to_numpy()) for name, path in answers.items()}
     return table, preds
-
-
-def f1_cell(truth: np.ndarray, preds: dict[str, np.ndarray], people: np.ndarray) -> dict[str, tuple]:
-    """Per prediction set: (macro F1 over the classes present in ``truth``, its 95 % interval, the draws)."""
-    draws = present_f1_draws(truth, preds, people, 3)
-    present = np.unique(truth)
-    return {name: (f1_score(truth, pred, labels=present, average="macro", zero_division=0),
-                   *np.percentile(draws[name], [2.5, 97.5]), draws[name]) for name, pred in preds.items()}
 
 
 def parity(labels: Path, answers: dict[str, Path]) -> dict[str, dict]:

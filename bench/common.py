@@ -1,5 +1,5 @@
 """What the benchmarks share: the ``maskcls`` command runner, face crops before any training, finished runs and
-their epochs' seconds, the per-task budget, and run names that follow the resolved config."""
+their epochs' seconds, the per-task budget, boxes' overlap, and run names that follow the resolved config."""
 from __future__ import annotations
 
 import hashlib
@@ -32,6 +32,14 @@ def maskcls(*args: str) -> tuple[str, float]:
         sys.exit(f"`maskcls {' '.join(args)}` failed:\n{done.stdout[-2000:]}\n{done.stderr[-3000:]}")
     print(f"  {seconds:7.1f} s  maskcls {' '.join(args)}", flush=True)
     return done.stdout, seconds
+
+
+def iou(a, b) -> float:
+    """Intersection over union of two (x1, y1, x2, y2) boxes; 0 for two empty ones."""
+    width = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    height = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - width * height
+    return width * height / union if union > 0 else 0.0
 
 
 def crop_all(data: Path, *options: str, configs: Iterable[Config] | None = None) -> float:

@@ -1,6 +1,7 @@
 """`maskcls detect` on a group photo composed from eval photos, scored against their true labels.
 
-    python bench/detect_group.py --mask RUN --age RUN --gender RUN        # 8 people, 4 x 2
+    python bench/detect_group.py --bundled                                # the bundled specialists, 8 people, 4 x 2
+    python bench/detect_group.py --mask RUN --age RUN --gender RUN        # chosen runs
     python bench/detect_group.py ... --people 12 --cols 6 --seed 1
 
 Picks ``--people`` different eval people of ``../shared/data/faces`` (mask states in turn: wear,
@@ -49,7 +50,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
     for task in ("mask", "age", "gender"):
-        parser.add_argument(f"--{task}", type=Path, required=True, help=f"{task} run folder")
+        parser.add_argument(f"--{task}", type=Path, help=f"{task} run folder (default: maskcls detect's choice)")
+    parser.add_argument("--bundled", action="store_true", help="maskcls detect --bundled: the bundled specialists")
     parser.add_argument("--people", type=int, default=8)
     parser.add_argument("--cols", type=int, default=4)
     parser.add_argument("--seed", type=int, default=0)
@@ -68,8 +70,9 @@ def main() -> None:
     photo = args.out / "group.jpg"
     group.save(photo, quality=92)
     faces_csv = args.out / "faces.csv"
-    command = [sys.executable, "-m", "maskcls", "detect", str(photo), "--mask", str(args.mask), "--age", str(args.age),
-               "--gender", str(args.gender), "--out", str(faces_csv), "--annotate", str(args.out / "annotated"),
+    runs = [o for task in ("mask", "age", "gender") if getattr(args, task) for o in (f"--{task}", str(getattr(args, task)))]
+    command = [sys.executable, "-m", "maskcls", "detect", str(photo), *runs, *(["--bundled"] if args.bundled else []),
+               "--out", str(faces_csv), "--annotate", str(args.out / "annotated"),
                "--detector", args.detector, *(["--min-prob", str(args.min_prob)] if args.min_prob is not None else []),
                *(["--tta"] if args.tta else [])]
     done = subprocess.run(command, capture_output=True, text=True)

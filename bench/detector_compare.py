@@ -25,12 +25,16 @@ import dataclasses
 import os
 import random
 import statistics
+import sys
 import time
 from pathlib import Path
 
 import onnxruntime
 import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root: `python bench/detector_compare.py`
+
+from bench.common import iou  # noqa: E402
 from maskcls.data.crop import (dataset_images, entry_face, file_hash, folder_settings, read_manifest,
                                resolve_cache_dir)
 from maskcls.data.faces import CropSettings, Face, create_detectors, pick_faces
@@ -109,13 +113,6 @@ def kind(path: str, split: str) -> str:
     """The kind of image: a train file's stem (mask1..5 as one ``mask``); eval images are of one kind."""
     stem = Path(path).stem
     return "eval" if split == "eval" else "mask" if stem.startswith("mask") else stem
-
-
-def iou(a, b) -> float:
-    width = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    height = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = width * height
-    return inter / ((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter)
 
 
 def side(face: Face) -> float:

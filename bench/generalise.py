@@ -106,6 +106,14 @@ def present_f1_draws(truth: np.ndarray, preds: dict, people, num_classes: int) -
     return {k: v * (other + 1) / other for k, v in draws.items()}
 
 
+def f1_cell(truth: np.ndarray, preds: dict[str, np.ndarray], people, num_classes: int = 3) -> dict[str, tuple]:
+    """Per prediction set: (macro F1 over the classes present in ``truth``, its 95 % interval, the draws)."""
+    draws = present_f1_draws(truth, preds, people, num_classes)
+    present = np.unique(truth)
+    return {name: (f1_score(truth, pred, labels=present, average="macro", zero_division=0),
+                   *np.percentile(draws[name], [2.5, 97.5]), draws[name]) for name, pred in preds.items()}
+
+
 def score_set(name: str, labels: Path, submissions: dict[str, Path]) -> list[str]:
     """Markdown rows (one per recipe) of per-task and 18-class macro F1 over present classes, with intervals."""
     table = pd.read_csv(labels, dtype={"person": str}).set_index("ImageID")
@@ -113,24 +121,17 @@ def score_set(name: str, labels: Path, submissions: dict[str, Path]) -> list[str
     people = table["person"].reindex(truth.index).to_numpy()
     answers = {recipe: read_answers(path).reindex(truth.index).to_numpy() for recipe, path in submissions.items()}
     t = truth.to_numpy()
-    columns = {"18-class": (t, answers, 18)}
+    cells = {"18-class": f1_cell(t, answers, people, 18)}
     for task, part in PARTS.items():
-        columns[task] = (decode(t)[part], {r: decode(a)[part] for r, a in answers.items()}, 3)
-    draws = {col: present_f1_draws(tt, pp, people, k) for col, (tt, pp, k) in columns.items()}
+        cells[task] = f1_cell(decode(t)[part], {r: decode(a)[part] for r, a in answers.items()}, people)
     rows = []
     for recipe in submissions:
-        cells = []
-        for col in ("mask", "gender", "age", "18-class"):
-            d = draws[col][recipe]
-            tt, pp, _ = columns[col]
-            present = np.unique(tt)
-            point = f1_score(tt, pp[recipe], labels=present, average="macro", zero_division=0)
-            cells.append(f"{point:.3f} ({np.percentile(d, 2.5):.3f}-{np.percentile(d, 97.5):.3f})")
-        rows.append(f"| {name} | {recipe} | " + " | ".join(cells) + " |")
+        row = [cells[col][recipe] for col in ("mask", "gender", "age", "18-class")]
+        rows.append(f"| {name} | {recipe} | " + " | ".join(f"{c[0]:.3f} ({c[1]:.3f}-{c[2]:.3f})" for c in row) + " |")
     if len(submissions) > 1:
         first, *others = list(submissions)
         for other in others:
-            diff = draws["18-class"][other] - draws["18-class"][first]
+            diff = cells["18-class"][other][3] - cells["18-class"][first][3]
             rows.append(f"|  | {other} minus {first} (18-class) | | | | {np.mean(diff):+.3f} "
                         f"({np.percentile(diff, 2.5):+.3f} .. {np.percentile(diff, 97.5):+.3f}) |")
     return rows

@@ -20,17 +20,11 @@ from pathlib import Path
 import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root: `python bench/photos.py`
+from bench.common import iou  # noqa: E402
 from bench.peers import SHARED, Ours, Peer, parse_args  # noqa: E402
 from maskcls.data.images import open_rgb  # noqa: E402
 
 MIN_IOU = 0.3
-
-
-def iou(a, b) -> float:
-    width = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    height = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - width * height
-    return width * height / union if union > 0 else 0.0
 
 
 def match(truth: list, found: list) -> list[int | None]:

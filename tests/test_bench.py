@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -82,3 +83,43 @@ def test_the_release_check_crops_both_sets_and_the_extra_faces_before_it_trains(
         generalise.main()
     assert events == [("crop", "dev", "--extra", "extra_faces"), ("crop", "ood"), ("train", "mask")]
     shutil.rmtree(tmp_path / "runs", ignore_errors=True)
+
+
+def test_the_fine_tune_split_holds_every_train_person_once_and_each_half_reads_as_a_dataset(sample_dataset, tmp_path):
+    from maskcls.data.layout import scan_eval, scan_train
+
+    finetune = importlib.import_module("bench.finetune")
+    a, b = finetune.split_people(sample_dataset, held_out=0.25, seed=1)
+    everyone = pd.read_csv(sample_dataset / "train" / "train.csv", dtype=str)
+    assert sorted([*a["id"], *b["id"]]) == sorted(everyone["id"]) and not set(a["id"]) & set(b["id"])
+    assert len(b) == round(0.25 * len(everyone))
+    assert list(finetune.split_people(sample_dataset, 0.25, 1)[1]["id"]) == list(b["id"])  # the seed fixes the draw
+    held_out = finetune.linked_dataset(sample_dataset, b, tmp_path / "b")
+    train, problems = scan_train(held_out)
+    assert problems == [] and set(train["person"]) == set(b["id"])
+    assert len(scan_eval(held_out)[0]) == len(scan_eval(sample_dataset)[0])  # the whole eval split, linked
+    finetune.linked_dataset(sample_dataset, b, tmp_path / "b")  # again: a stopped benchmark's folder is reused
+    assert scan_train(held_out)[1] == []
+
+
+def test_box_overlap_is_intersection_over_union():
+    assert common.iou((0, 0, 2, 2), (1, 1, 3, 3)) == pytest.approx(1 / 7)
+    assert common.iou((0, 0, 2, 2), (0, 0, 2, 2)) == 1.0
+    assert common.iou((0, 0, 1, 1), (2, 2, 3, 3)) == 0.0
+    assert common.iou((0, 0, 0, 0), (0, 0, 0, 0)) == 0.0
+
+
+def test_a_score_cell_is_the_macro_f1_over_present_classes_inside_its_interval():
+    import numpy as np
+
+    generalise = importlib.import_module("bench.generalise")
+    truth = np.array([0, 1, 0, 1] * 10)  # class 2 never occurs: it must not pull the mean down
+    wrong = truth.copy()
+    wrong[:4] = 2  # four answers of an absent class: they count against 0 and 1
+    people = np.arange(40) // 4
+    cells = generalise.f1_cell(truth, {"right": truth, "wrong": wrong}, people)
+    assert cells["right"][:3] == (1.0, 1.0, 1.0)
+    point, low, high, draws = cells["wrong"]
+    assert point == pytest.approx(2 * 18 / (2 * 18 + 2), abs=1e-9)
+    assert low < point <= high <= 1.0  # some resamples leave out the one person answered wrong
+    assert len(draws) == 1000
