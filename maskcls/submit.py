@@ -15,6 +15,7 @@ from .bundle import is_bundled
 from .config import Config
 from .data import NUM_CLASSES, DataError, class_name, read_eval_images
 from .engine import pick_device
+from .io import check_writable
 from .predictions import default_output, predict_runs, predictions_from_table, write_predictions
 from .tasks import SPECIALISTS
 
@@ -103,12 +104,13 @@ def make_submission(runs: dict[str, list[Path]], out: Path, data_dir: Path | Non
     data_dir = Path(data_dir) if data_dir else common_data_dir(run_dirs, which)
     # settle the bias before the slow part, so a bad --bias fails at once
     bias, which_bias = resolve_bias(bias_option, {task: [str(Path(r).resolve()) for r in rs] for task, rs in runs.items()})
+    outputs = {task: check_writable(default_output(runs[task], "eval", tta, "soft")) for task in SPECIALISTS}
     lines, predictions = [f"data: {data_dir}", *crop_eval_once(run_configs(run_dirs, which), data_dir, device)], {}
     unreadable = unreadable_eval_images(data_dir) if on_bad_image == "fallback" else {}
     skip = {path for path, _ in unreadable.values()}
     for task in SPECIALISTS:
         table, note = predict_runs(runs[task], "eval", data_dir, tta, "soft", which, device, task=task, skip=skip)
-        path = write_predictions(table, default_output(runs[task], "eval", tta, "soft"), note)
+        path = write_predictions(table, outputs[task], note)
         predictions[task] = predictions_from_table(table, task, path, note)
         used = ", ".join(map(str, runs[task]))
         lines.append(f"{task}: {used} ({which}.pt; views {'+'.join(note['views'])}) -> {path}")
@@ -127,11 +129,12 @@ def make_joint_submission(runs: list[Path], out: Path, data_dir: Path | None = N
     from .combine import answer_counts, write_submission
 
     data_dir = Path(data_dir) if data_dir else common_data_dir(runs, which)
+    output = check_writable(default_output(runs, "eval", tta, "soft"))
     lines = crop_eval_once(run_configs(runs, which), data_dir, device)
     unreadable = unreadable_eval_images(data_dir) if on_bad_image == "fallback" else {}
     table, note = predict_runs(runs, "eval", data_dir, tta, "soft", which, device, task="joint",
                                skip={path for path, _ in unreadable.values()})
-    path = write_predictions(table, default_output(runs, "eval", tta, "soft"), note)
+    path = write_predictions(table, output, note)
     probs = table[[f"p{k}" for k in range(NUM_CLASSES)]].to_numpy()
     frame = pd.DataFrame({"ImageID": table["ImageID"], "ans": probs.argmax(1)})
     frame, warnings = with_fallback(frame, read_eval_images(data_dir)["ImageID"].tolist(), unreadable)

@@ -119,6 +119,10 @@ def test_outputs_under_a_file_are_refused_naming_the_folder(sample_dataset, tmp_
 def test_an_output_path_that_is_a_folder_is_refused(sample_dataset, tmp_path):
     run = untrained_run(tmp_path / "runs", "mask", TINY_TRAIN)
     one_line_error(cli("predict", "mask", run, sample_dataset, "--out", tmp_path), f"{tmp_path}: is a folder")
+    (run / "pred_eval_soft3.csv").mkdir()  # where submit keeps the probabilities of these three runs voted
+    one_line_error(cli("submit", "--mask", run, "--mask", run, "--mask", run, "--age", run, "--gender", run, "--data-dir", sample_dataset,
+                       "--out", tmp_path / "s.csv"), f"{run / 'pred_eval_soft3.csv'}: is a folder")
+    assert not (tmp_path / "s.csv").exists() and not (run / "pred_eval.csv").exists()  # refused before any task ran
     (run / "best.onnx").mkdir()
     one_line_error(cli("export", "onnx", "--joint", run), f"{run / 'best.onnx'}: is a folder")
 
