@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import json
 import os
 import sys
 from pathlib import Path
@@ -34,10 +35,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository r
 
 from bench.common import SHARED_DATA, crop_all, maskcls  # noqa: E402
 from bench.generalise import f1_cell  # noqa: E402
-from maskcls.bundle import BUNDLE_ENV, bundle_dir, write_bundle  # noqa: E402
+from maskcls.bundle import BUNDLE_ENV, MANIFEST, bundle_dir, write_bundle  # noqa: E402
 from maskcls.config import load_config  # noqa: E402
 from maskcls.data.labels import GENDER_NAMES, decode  # noqa: E402
 from maskcls.evaluate import read_answers  # noqa: E402
+from maskcls.io import atomic_write_text  # noqa: E402
 from maskcls.runs import expand_runs  # noqa: E402
 from maskcls.tasks import SPECIALISTS  # noqa: E402
 
@@ -68,11 +70,29 @@ def trained_runs(project: Path) -> dict[str, list[Path]]:
 
 
 def submission(out: Path, data: Path, runs: dict[str, list[Path]] | None, tta: bool) -> Path:
-    """``maskcls submit`` on ``data`` with ``runs`` (None: the bundle at $MASKCLS_BUNDLE_DIR)."""
+    """``maskcls submit`` on ``data`` with ``runs`` (None: the bundle at $MASKCLS_BUNDLE_DIR); reused when ``out``
+    was written from the same images, views and weights (a note beside it says which)."""
     options = ["--bundled"] if runs is None else [o for t, rs in runs.items() for r in rs for o in (f"--{t}", str(r))]
+    key = json.dumps(submission_key(data, runs, tta), sort_keys=True)
+    note = out.with_suffix(".key.json")
+    if out.is_file() and note.is_file() and note.read_text() == key:
+        print(f"  reuse {out}", flush=True)
+        return out
     maskcls("submit", *options, *(["--tta"] if tta else []), "--bias", "none", "--data-dir", str(data),
             "--out", str(out))
+    atomic_write_text(note, key)
     return out
+
+
+def submission_key(data: Path, runs: dict[str, list[Path]] | None, tta: bool) -> dict:
+    """What a submission depends on: the images, the views, each run's checkpoint (path and time) or the bundle's
+    files (their sha256)."""
+    if runs is None:
+        weights = json.loads((Path(os.environ[BUNDLE_ENV]) / MANIFEST).read_text())["files"]
+    else:
+        weights = {t: [[str(Path(r).resolve()), (Path(r) / "best.pt").stat().st_mtime_ns] for r in rs]
+                   for t, rs in runs.items()}
+    return {"data": str(Path(data).resolve()), "tta": tta, "weights": weights}
 
 
 def scored(labels: Path, answers: dict[str, Path]) -> tuple[pd.DataFrame, dict]:
@@ -231,9 +251,10 @@ def main() -> None:
     print(f"staging bundle: {staging} ({size_mb:.1f} MB)")
     results, groups = {}, {}
     for name, data in SETS.items():
-        ensemble = submission(args.project / f"{name}_ensemble.csv", data, runs, args.tta)
+        views = "_tta" if args.tta else ""
+        ensemble = submission(args.project / f"{name}_ensemble{views}.csv", data, runs, args.tta)
         os.environ[BUNDLE_ENV] = str(staging)
-        bundle = submission(args.project / f"{name}_bundle.csv", data, None, args.tta)
+        bundle = submission(args.project / f"{name}_bundle{views}.csv", data, None, args.tta)
         del os.environ[BUNDLE_ENV]
         labels = data / "eval" / "labels.csv"
         results[name] = parity(labels, {"bundle": bundle, "ensemble": ensemble})

@@ -3,6 +3,7 @@ resolved config; the release check fills the crop caches, extra faces included, 
 from __future__ import annotations
 
 import importlib
+import os
 import shutil
 import subprocess
 import sys
@@ -123,3 +124,35 @@ def test_a_score_cell_is_the_macro_f1_over_present_classes_inside_its_interval()
     assert point == pytest.approx(2 * 18 / (2 * 18 + 2), abs=1e-9)
     assert low < point <= high <= 1.0  # some resamples leave out the one person answered wrong
     assert len(draws) == 1000
+
+
+def test_the_bundle_check_reuses_a_submission_only_of_the_same_images_views_and_weights(monkeypatch, tmp_path):
+    build_bundle = importlib.import_module("bench.build_bundle")
+    calls = []
+
+    def fake_maskcls(*args):
+        calls.append(args)
+        Path(args[args.index("--out") + 1]).write_text("ImageID,ans\n")
+        return "", 0.0
+
+    monkeypatch.setattr(build_bundle, "maskcls", fake_maskcls)
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "best.pt").write_bytes(b"weights")
+    out, data = tmp_path / "dev_ensemble.csv", tmp_path / "data"
+    for _ in range(2):
+        build_bundle.submission(out, data, {"mask": [run]}, tta=False)
+    assert len(calls) == 1
+    build_bundle.submission(out, data, {"mask": [run]}, tta=True)  # other views
+    os.utime(run / "best.pt", ns=(1, 1))  # a retrained run
+    build_bundle.submission(out, data, {"mask": [run]}, tta=True)
+    assert len(calls) == 3
+    bundle = tmp_path / "bundle"
+    bundle.mkdir()
+    (bundle / "manifest.json").write_text('{"files": {"mask/best.pt": "aa"}}')
+    monkeypatch.setenv("MASKCLS_BUNDLE_DIR", str(bundle))
+    build_bundle.submission(out, data, None, tta=True)
+    build_bundle.submission(out, data, None, tta=True)
+    (bundle / "manifest.json").write_text('{"files": {"mask/best.pt": "bb"}}')  # a rebuilt staging bundle
+    build_bundle.submission(out, data, None, tta=True)
+    assert len(calls) == 5 and "--bundled" in calls[-1]
