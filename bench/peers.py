@@ -14,7 +14,7 @@ with `age_target: years`), faces found (photos where the detector found a face; 
 whole photo is classified, so every photo has an answer; of several faces the largest is the answer) and
 faces per second on one thread (torch and onnxruntime; detection included, decoding not; one photo a call),
 by the wall clock and by this process's CPU time (which a busy machine changes least).
-Then 95 % intervals of the F1 figures from a bootstrap over people, paired between the models.
+Then 95 % intervals of the F1 figures and of the age MAE from a bootstrap over people, paired between the models.
 labels.csv is read for scoring only. Skips cleanly when the data is absent.
 """
 from __future__ import annotations
@@ -32,7 +32,7 @@ from PIL import Image
 
 from maskcls.data.images import open_rgb
 from maskcls.data.labels import AGE_NAMES, GENDER_NAMES, age_band
-from maskcls.metrics import bootstrap_macro_f1, macro_f1
+from maskcls.metrics import bootstrap_macro_f1, bootstrap_mean, macro_f1
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 SETS = {"dev": "faces", "ood_ffhq": "ood_ffhq"}  # row name -> folder under --shared
@@ -142,8 +142,8 @@ def answer_all(model, data: Path, labels: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(answers, index=labels.index)
 
 
-def interval(draws: np.ndarray, sign: str = "") -> str:
-    return f"{np.percentile(draws, 2.5):{sign}.3f} .. {np.percentile(draws, 97.5):{sign}.3f}"
+def interval(draws: np.ndarray, sign: str = "", digits: int = 3) -> str:
+    return f"{np.percentile(draws, 2.5):{sign}.{digits}f} .. {np.percentile(draws, 97.5):{sign}.{digits}f}"
 
 
 def parse_args(doc: str, alone: str, alone_help: str, add_options) -> argparse.Namespace:
@@ -204,7 +204,27 @@ def main() -> None:
             lead = draws[models[1].name] - draws[models[0].name]
             notes.append(f"  {set_name} {row}, {task} F1, {models[1].name} minus {models[0].name}: "
                          f"{np.mean(lead):+.3f}, interval {interval(lead, '+')}")
+        notes += mae_notes(f"{set_name} {row}", truth, {m.name: answers[m.name, set_name] for m in models}, args.draws)
     print("\n".join(table + notes))
+
+
+def mae_notes(where: str, truth: pd.DataFrame, answers: dict[str, pd.DataFrame], draws: int) -> list[str]:
+    """The age MAE of each model with years, on the photos every such model answered, with its 95 % interval over
+    people; for two models their paired difference (the second minus the first)."""
+    years = {name: got.loc[truth.index, "years"] for name, got in answers.items()
+             if got.loc[truth.index, "years"].notna().any()}
+    if not years:
+        return []
+    both = np.logical_and.reduce([y.notna().to_numpy() for y in years.values()])
+    errors = {name: np.abs(y.to_numpy()[both] - truth["age"].to_numpy()[both]) for name, y in years.items()}
+    mae = bootstrap_mean(errors, truth["person"].to_numpy()[both], draws=draws)
+    lines = [f"  {where}, age MAE {name}: {errors[name].mean():.2f} years, interval {interval(d, digits=2)}"
+             for name, d in mae.items()]
+    if len(mae) == 2:
+        first, second = mae
+        lines.append(f"  {where}, age MAE, {second} minus {first}: {errors[second].mean() - errors[first].mean():+.2f}, "
+                     f"interval {interval(mae[second] - mae[first], '+', digits=2)}")
+    return lines
 
 
 if __name__ == "__main__":

@@ -156,3 +156,17 @@ def test_the_bundle_check_reuses_a_submission_only_of_the_same_images_views_and_
     (bundle / "manifest.json").write_text('{"files": {"mask/best.pt": "bb"}}')  # a rebuilt staging bundle
     build_bundle.submission(out, data, None, tta=True)
     assert len(calls) == 5 and "--bundled" in calls[-1]
+
+
+def test_the_peer_table_gives_each_age_mae_on_the_photos_both_models_answered_with_a_paired_difference():
+    import numpy as np
+
+    peers = importlib.import_module("bench.peers")
+    truth = pd.DataFrame({"age": [20, 30, 40, 50], "person": ["a", "a", "b", "c"]})
+    answers = {"peer": pd.DataFrame({"years": [22, 30, 44, 50.0]}),
+               "ours": pd.DataFrame({"years": [20, 31, np.nan, 55.0]})}  # no years for photo 2: left out of both
+    lines = peers.mae_notes("dev all", truth, answers, draws=200)
+    assert lines[0].startswith("  dev all, age MAE peer: 0.67 years")
+    assert lines[1].startswith("  dev all, age MAE ours: 2.00 years")
+    assert lines[2].startswith("  dev all, age MAE, ours minus peer: +1.33, interval")
+    assert peers.mae_notes("dev", truth, {"peer": pd.DataFrame({"years": [np.nan] * 4})}, 10) == []

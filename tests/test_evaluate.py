@@ -119,3 +119,24 @@ def test_bootstrap_resamples_whole_people_and_pairs_the_sets():
                              draws=100)["p"]
     assert set(np.round(two, 4)) <= {round(2 / 3 / 2, 4), 0.5, 0.0}
     assert len(set(np.round(two, 4))) >= 2
+
+
+def test_a_bootstrapped_mean_resamples_the_same_people_as_the_f1_draws():
+    from maskcls.metrics import bootstrap_macro_f1, bootstrap_mean
+
+    # person 1: two photos, error 0; person 2: one photo answered wrong, error 3; person 3: three photos, error 1
+    people, errors = np.array([1, 1, 2, 3, 3, 3]), np.array([0.0, 0.0, 3.0, 1.0, 1.0, 1.0])
+    targets, preds = np.array([0, 0, 1, 0, 0, 0]), np.zeros(6, int)
+    means = bootstrap_mean({"e": errors, "twice": 2 * errors}, people, draws=300, seed=5)
+    f1 = bootstrap_macro_f1(targets, {"p": preds}, people, 2, draws=300, seed=5)["p"]
+    np.testing.assert_allclose(means["twice"], 2 * means["e"])
+    naive, with_two = [], []
+    rng = np.random.default_rng(5)
+    for _ in range(300):
+        picked = rng.integers(0, 3, 3)
+        rows = np.concatenate([np.flatnonzero(people == g + 1) for g in picked])
+        naive.append(errors[rows].mean())
+        with_two.append(1 in picked)
+    np.testing.assert_allclose(means["e"], naive)  # the mean over the resampled people's photos
+    np.testing.assert_array_equal(f1 < 0.5, with_two)  # the F1 draws resampled the same people (0.5 without 2)
+    assert 0 < sum(with_two) < 300
