@@ -205,8 +205,12 @@ recall). Small groups (old people, some races) have wide intervals.
 - Profile and strongly turned faces: the training faces are near-frontal UTKFace crops.
 - Masks: trained on drawn masks only. A mask worn under the nose is the hardest case (it reads as worn or as not
   worn); unusual masks (transparent, scarves, hands over the face) are not in the training data.
-- Mask probabilities: the mask networks answer a bare face with a small margin (probabilities near a third each,
-  the right class on top); read the answer, and treat a mask probability under 0.5 as unsure, not as wrong.
+- Mask probabilities: for a bare face, and for most misworn masks, the mask networks' features stay silent and
+  the answer comes from their head's bias: probabilities near a third each, the right class on top by a small
+  margin. A low top probability is the usual answer for those two states, not a sign of doubt; worn masks get
+  0.99 and more. (A head started from small random weights answers every state near 1.0 and scores higher on the
+  dev eval, but it read the masks of another source much worse: docs/benchmarks.md, "Quality of the shipped
+  recipe".)
 - Age: the age band is the weakest task; ages near 30 and 60 are often put in the next band, and old faces are read
   young on the dev set.
 - Gender: faces from other sources score lower than the dev set. On a diverse set of adult faces from another
