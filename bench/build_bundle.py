@@ -208,9 +208,9 @@ recall). Small groups (old people, some races) have wide intervals.
 - Mask probabilities: for a bare face, and for most misworn masks, the mask networks' features stay silent and
   the answer comes from their head's bias: probabilities near a third each, the right class on top by a small
   margin. A low top probability is the usual answer for those two states, not a sign of doubt (the dev eval's
-  worn masks get 0.99 and more; masks in real photos often less). (A head started from small random weights answers every state near 1.0 and scores higher on the
-  dev eval, but it read the masks of another source much worse: docs/benchmarks.md, "Quality of the shipped
-  recipe".)
+  worn masks get 0.99 and more; masks in real photos often less). A head started from small random weights
+  answers every state near 1.0 and scores higher on the dev eval, but it read the masks of another source much
+  worse (docs/benchmarks.md, "Quality of the shipped recipe").
 - Age: the age band is the weakest task; ages near 30 and 60 are often put in the next band, and old faces are read
   young on the dev set.
 - Gender: faces from other sources score lower than the dev set. On a diverse set of adult faces from another
