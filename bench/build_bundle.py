@@ -30,6 +30,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root: `python bench/build_bundle.py`
 
@@ -151,11 +152,13 @@ def below_floor(result: dict[str, dict]) -> list[str]:
 
 
 def model_card(version: str, members: dict[str, list[Path]], storage: str, results: dict[str, dict],
-               groups: dict[str, list[str]], size_mb: float, tta: bool) -> str:
+               groups: dict[str, list[str]], size_mb: float, tta: bool, ensembles: dict[str, list[Path]]) -> str:
     today = datetime.date.today().isoformat()
     configs = {task: load_config(task) for task in SPECIALISTS}
     nets = ", ".join(f"{task} {len(runs)} x {configs[task].backbone} at {configs[task].img_size} px"
                      for task, runs in members.items())
+    seeds = "; ".join(f"{task} {', '.join(str(run_seed(r)) for r in runs)}" for task, runs in members.items())
+    voted = ", ".join(f"{task} {len(runs)}" for task, runs in ensembles.items())
     head = "| set | task | bundle F1 | ensemble F1 | bundle - ensemble (paired, 95 %) |\n|---|---|---|---|---|"
     ghead = ("| group | people | mask F1 | gender F1 | age-band F1 |\n|---|---|---|---|---|")
     return f"""# maskcls bundled specialists {version}
@@ -163,7 +166,10 @@ def model_card(version: str, members: dict[str, list[Path]], storage: str, resul
 Three specialists that answer `maskcls detect PHOTO`, `serve`, `predict`, `submit` and `from maskcls import
 FaceChecker` right after install: mask (worn / incorrect / not worn), gender (male / female) and age band
 (<30 / 30-59 / >=60, from a head over single years that also gives the expected age). {nets}; weights stored
-as {storage} ({size_mb:.1f} MB in all), computed in float32. Rebuilt by `python bench/build_bundle.py`.
+as {storage} per output channel ({size_mb:.1f} MB in all), computed in float32. Each task is a vote of seeds of the
+recipe in configs/ (seeds: {seeds}); the ensembles they were packed from, and measured against below, hold
+{voted} members. Rebuilt by `python bench/build_bundle.py` (it trains the ensembles), or from finished runs by
+`python bench/build_bundle.py --runs mask=A,B,C age=D,E gender=F,G,H`.
 
 ## Licences
 - The code of maskcls is MIT. **These weights carry their training data's terms:** they were trained on UTKFace
@@ -222,6 +228,11 @@ recall). Small groups (old people, some races) have wide intervals.
 """
 
 
+def run_seed(run: Path) -> int:
+    """The seed a finished run trained with (its config.yaml)."""
+    return int((yaml.safe_load((Path(run) / "config.yaml").read_text()) or {}).get("seed", -1))
+
+
 def parse_runs(items: list[str]) -> dict[str, list[Path]]:
     given = dict(item.split("=", 1) for item in items)
     missing = [t for t in SPECIALISTS if t not in given]
@@ -275,7 +286,7 @@ def main() -> None:
         print("dry run: nothing written")
         return
     out = args.out or bundle_dir()
-    card = model_card(args.version, members, args.storage, results, groups, size_mb, args.tta)
+    card = model_card(args.version, members, args.storage, results, groups, size_mb, args.tta, runs)
     bundle = write_bundle(members, out, args.version, card=card, storage=args.storage)
     print(f"wrote bundle {bundle.version} to {out} ({len(bundle.files)} files)")
 

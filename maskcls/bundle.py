@@ -16,6 +16,7 @@ none. ``bundled`` takes the bundle for every task not named, whatever ``runs/`` 
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import re
@@ -249,8 +250,10 @@ def _write_member(run_dir: Path, task: str, folder: Path, members: int, storage:
     if members > 1:  # the members' config counts them, as an ensemble folder's does
         slim["config"] = {**slim["config"], "ensemble": members}
     slim["model"] = pack_state(state["model"], storage)
+    buffer = io.BytesIO()  # saved in memory, the archive's folder is "archive", not the temporary file's name:
+    torch.save(slim, buffer)  # the same runs give the same bytes, and the same sha256
     with atomic_path(folder / f"{WHICH}.pt") as tmp:
-        torch.save(slim, tmp)
+        Path(tmp).write_bytes(buffer.getvalue())
     if members == 1:
         with atomic_path(folder / "config.yaml") as tmp:
             shutil.copyfile(config, tmp)

@@ -70,6 +70,13 @@ def test_write_bundle_keeps_what_inference_needs_in_float16_with_sha256_in_the_m
     assert floats and all(t.dtype == torch.float16 for t in floats)
 
 
+def test_writing_the_same_runs_again_gives_the_same_bytes(bundle, tmp_path):
+    runs = {task: bundle.root.parent / "source" / task / "exp" for task in SPECIALISTS}
+    again = write_bundle(runs, tmp_path / "again", VERSION, "# test card\n")
+    first = json.loads((bundle.root / "manifest.json").read_text())["files"]
+    assert json.loads((again.root / "manifest.json").read_text())["files"] == first  # every sha256 the same
+
+
 @pytest.mark.parametrize("task", SPECIALISTS)
 def test_a_bundled_run_loads_in_float32_and_predicts_as_its_run_within_float16(bundle, task):
     source = bundle.root.parent / "source" / task / "exp"
