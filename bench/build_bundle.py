@@ -26,6 +26,7 @@ import datetime
 import json
 import os
 import sys
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -142,7 +143,7 @@ def group_rows(labels: Path, answer: Path) -> list[str]:
 
 def parity_rows(name: str, result: dict[str, dict]) -> list[str]:
     fmt = lambda v: f"{v[0]:.3f} ({v[1]:.3f}-{v[2]:.3f})"  # noqa: E731
-    return [f"| {name} | {task} | {fmt(r['bundle'])} | {fmt(r['ensemble'])} | {r['diff'][0]:+.3f} "
+    return [f"| {name} | {'age band' if task == 'age' else task} | {fmt(r['bundle'])} | {fmt(r['ensemble'])} | {r['diff'][0]:+.3f} "
             f"({r['diff'][1]:+.3f} .. {r['diff'][2]:+.3f}) |" for task, r in result.items()]
 
 
@@ -161,15 +162,17 @@ def model_card(version: str, members: dict[str, list[Path]], storage: str, resul
     voted = ", ".join(f"{task} {len(runs)}" for task, runs in ensembles.items())
     head = "| set | task | bundle F1 | ensemble F1 | bundle - ensemble (paired, 95 %) |\n|---|---|---|---|---|"
     ghead = ("| group | people | mask F1 | gender F1 | age-band F1 |\n|---|---|---|---|---|")
+    intro = textwrap.fill(
+        "Three specialists that answer `maskcls detect PHOTO`, `serve`, `predict`, `submit` and `from maskcls import "
+        "FaceChecker` right after install: mask (worn / incorrect / not worn), gender (male / female) and age band "
+        f"(<30 / 30-59 / >=60, from a head over single years that also gives the expected age). {nets}; weights "
+        f"stored as {storage} per output channel ({size_mb:.1f} MB in all), computed in float32. Each task is a vote "
+        f"of seeds of the recipe in configs/ (seeds: {seeds}); the ensembles they were packed from, and measured "
+        f"against below, hold {voted} members. Rebuilt by `python bench/build_bundle.py` (it trains the ensembles), "
+        "or from finished runs by `python bench/build_bundle.py --runs mask=A,B,C age=D,E gender=F,G,H`.", 115)
     return f"""# maskcls bundled specialists {version}
 
-Three specialists that answer `maskcls detect PHOTO`, `serve`, `predict`, `submit` and `from maskcls import
-FaceChecker` right after install: mask (worn / incorrect / not worn), gender (male / female) and age band
-(<30 / 30-59 / >=60, from a head over single years that also gives the expected age). {nets}; weights stored
-as {storage} per output channel ({size_mb:.1f} MB in all), computed in float32. Each task is a vote of seeds of the
-recipe in configs/ (seeds: {seeds}); the ensembles they were packed from, and measured against below, hold
-{voted} members. Rebuilt by `python bench/build_bundle.py` (it trains the ensembles), or from finished runs by
-`python bench/build_bundle.py --runs mask=A,B,C age=D,E gender=F,G,H`.
+{intro}
 
 ## Licences
 - The code of maskcls is MIT. **These weights carry their training data's terms:** they were trained on UTKFace
