@@ -81,8 +81,8 @@ def measurement_bundle(project: Path, data_a: Path, crops: Path) -> Path:
     return out
 
 
-def fine_tunes(project: Path, data_b: Path, crops: Path, bundle: Path) -> dict[str, dict[str, Path]]:
-    """Per start and epoch budget (``imagenet-1``, ``bundle-4``, ...): each task's run on B alone."""
+def fine_tunes(project: Path, data_b: Path, crops: Path, bundle: Path) -> dict[str, dict[str, list[Path]]]:
+    """Per start and epoch budget (``imagenet-1``, ``bundle-4``, ...): each task's run on B alone (one member)."""
     os.environ[BUNDLE_ENV] = str(bundle)  # pretrained=maskcls reads the measurement bundle
     starts = {}
     for start, pretrained in (("imagenet", []), ("bundle", ["pretrained=maskcls"])):
@@ -93,11 +93,11 @@ def fine_tunes(project: Path, data_b: Path, crops: Path, bundle: Path) -> dict[s
                 epochs = 1 if budget == "1" else load_config(task).epochs
                 overrides = [f"data_dir={data_b}", f"crop_cache={crops}", "extra_data=[]", f"epochs={epochs}",
                              *pretrained]
-                starts[name][task] = trained(task, project / "b" / task / name, overrides, epochs)
+                starts[name][task] = [trained(task, project / "b" / task / name, overrides, epochs)]
     return starts
 
 
-def scores(project: Path, starts: dict[str, dict[str, Path] | None]) -> dict[str, dict]:
+def scores(project: Path, starts: dict[str, dict[str, list[Path]] | None]) -> dict[str, dict]:
     """Per set: the submissions of every start (None: the measurement bundle alone), scored per task."""
     out = {}
     for set_name, data in SETS.items():
@@ -110,7 +110,7 @@ def scores(project: Path, starts: dict[str, dict[str, Path] | None]) -> dict[str
     return out
 
 
-def rows(results: dict[str, dict], starts: dict[str, dict[str, Path] | None]) -> list[str]:
+def rows(results: dict[str, dict], starts: dict[str, dict[str, list[Path]] | None]) -> list[str]:
     """Markdown rows: per set, task and epoch budget, the two starts' F1, their paired difference and seconds."""
     fmt = lambda c: f"{c[0]:.3f} ({c[1]:.3f}-{c[2]:.3f})"  # noqa: E731
     lines = ["| set | task | epochs on B | ImageNet start | bundle start | bundle - ImageNet (paired, 95 %) "
@@ -120,7 +120,7 @@ def rows(results: dict[str, dict], starts: dict[str, dict[str, Path] | None]) ->
             for budget in ("1", "recipe"):
                 a, b = cells[f"imagenet-{budget}"], cells[f"bundle-{budget}"]
                 diff = b[3] - a[3]
-                seconds = [epochs_seconds(starts[f"{s}-{budget}"][task]) for s in ("imagenet", "bundle")]
+                seconds = [epochs_seconds(starts[f"{s}-{budget}"][task][0]) for s in ("imagenet", "bundle")]
                 epochs = 1 if budget == "1" else load_config(task).epochs
                 lines.append(f"| {set_name} | {task} | {epochs} | {fmt(a)} | {fmt(b)} | {b[0] - a[0]:+.3f} "
                              f"({np.percentile(diff, 2.5):+.3f} .. {np.percentile(diff, 97.5):+.3f}) "
@@ -147,7 +147,7 @@ def main() -> None:
     data_a = linked_dataset(SETS["dev"], a, project / "data-a")
     data_b = linked_dataset(SETS["dev"], b, project / "data-b")
     bundle = measurement_bundle(project, data_a, crops)
-    starts: dict[str, dict[str, Path] | None] = {"alone": None, **fine_tunes(project, data_b, crops, bundle)}
+    starts: dict[str, dict[str, list[Path]] | None] = {"alone": None, **fine_tunes(project, data_b, crops, bundle)}
     results = scores(project, starts)
     print("\n".join(rows(results, starts)))
 

@@ -170,3 +170,21 @@ def test_the_peer_table_gives_each_age_mae_on_the_photos_both_models_answered_wi
     assert lines[1].startswith("  dev all, age MAE ours: 2.00 years")
     assert lines[2].startswith("  dev all, age MAE, ours minus peer: +1.33, interval")
     assert peers.mae_notes("dev", truth, {"peer": pd.DataFrame({"years": [np.nan] * 4})}, 10) == []
+
+
+def test_every_fine_tune_start_is_one_member_per_task_and_only_the_bundle_starts_read_it(monkeypatch, tmp_path):
+    from maskcls.bundle import BUNDLE_ENV
+    from maskcls.tasks import SPECIALISTS
+
+    finetune = importlib.import_module("bench.finetune")
+    trained = []
+    monkeypatch.setattr(finetune, "finished_run", lambda task, run, epochs, overrides: trained.append((run, overrides)))
+    monkeypatch.setenv(BUNDLE_ENV, str(tmp_path / "elsewhere"))  # restored after the test; fine_tunes sets it
+    starts = finetune.fine_tunes(tmp_path, tmp_path / "b", tmp_path / "crops", tmp_path / "bundle")
+    assert os.environ[BUNDLE_ENV] == str(tmp_path / "bundle")
+    assert set(starts) == {"imagenet-1", "imagenet-recipe", "bundle-1", "bundle-recipe"}
+    for runs in starts.values():  # the shape submit's options are built from: task -> members
+        assert set(runs) == set(SPECIALISTS) and all(len(members) == 1 for members in runs.values())
+    for run, overrides in trained:
+        assert ("pretrained=maskcls" in overrides) == run.name.startswith("bundle")
+        assert ("epochs=1" in overrides) == run.name.endswith("-1") or load_config(run.parent.name).epochs == 1
