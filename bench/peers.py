@@ -3,6 +3,7 @@ bundled as ONNX, with dlib's HOG face detector), on the same photos.
 
     python bench/peers.py --mask RUN --age RUN --gender RUN     # chosen runs (several per task: a soft vote)
     python bench/peers.py --bundled                             # the specialists bundled with maskcls
+    python bench/peers.py --bundled --runtime onnx              # on onnxruntime (maskcls export onnx --bundled)
     python bench/peers.py --peer-only                           # the peer alone
     python bench/peers.py --peer-only --limit 100               # a quick subset: each set's first 100 photos
 
@@ -97,18 +98,19 @@ class Ours:
         from maskcls.detect import DetectSettings, FaceChecker, load_specialists
 
         torch.set_num_threads(1)  # the peer's onnxruntime sessions and dlib's HOG run on one thread too
+        settings = DetectSettings(tta=args.tta, device="cpu", runtime=args.runtime)
         if args.bundled:
             try:
                 from maskcls import FaceChecker as Public  # FaceChecker() loads the bundle
             except ImportError:
                 sys.exit("error: --bundled: this maskcls has no bundled specialists; name --mask, --age, --gender")
-            self.checker = Public()
+            self.checker = Public(settings=settings)
         else:
             runs = {task: getattr(args, task) for task in ("mask", "age", "gender")}
-            settings = DetectSettings(tta=args.tta, device="cpu")
-            self.checker = FaceChecker.create(load_specialists(runs), settings)
+            self.checker = FaceChecker.create(load_specialists(runs, runtime=args.runtime), settings)
         self.fallback = FaceChecker.create(self.checker.specialists, self.checker.settings, [WholePhoto()])
-        self.name = "maskcls bundle" if args.bundled else "maskcls runs"
+        self.name = ("maskcls bundle" if args.bundled else "maskcls runs") + \
+            (" (onnxruntime)" if args.runtime == "onnx" else "")
         self.fallback.rows([("warm-up", Image.new("RGB", (64, 64)))])  # torch's first call is slow: not timed
 
     def __call__(self, image) -> Answer:
@@ -154,6 +156,8 @@ def parse_args(doc: str, alone: str, alone_help: str, add_options) -> argparse.N
         parser.add_argument(f"--{task}", nargs="+", metavar="RUN", help=f"{task} run folder(s)")
     parser.add_argument("--bundled", action="store_true", help="the specialists bundled with maskcls")
     parser.add_argument("--tta", action="store_true", help="our runs with their test-time views")
+    parser.add_argument("--runtime", choices=("torch", "onnx"), default="torch",
+                        help="our models on PyTorch, or their ONNX exports on onnxruntime (`maskcls export onnx` first)")
     parser.add_argument(alone, dest="alone", action="store_true", help=alone_help)
     add_options(parser)
     args = parser.parse_args()

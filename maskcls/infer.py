@@ -119,7 +119,7 @@ def load_onnx_model(run: Run) -> OnnxRunner:
     source = checkpoint_file(run.run_dir, run.which)
     if not path.is_file():
         raise ExportError(f"{path}: no ONNX export of {source.name}; {export_hint}")
-    runner = OnnxRunner(path)
+    runner = OnnxRunner(path, threads=torch.get_num_threads())  # the thread count torch and the detector use
     if runner.metadata.get("checkpoint_sha1") != file_hash(source):
         raise ExportError(f"{path}: exported from another {source.name} (the checkpoint changed since); {export_hint}")
     return runner

@@ -162,3 +162,15 @@ def test_export_without_check_images_fails_naming_the_folder(tmp_path):
     result = run("export", "onnx", "--mask", run_dir, "--age", run_dir, "--gender", run_dir)
     assert result.exit_code == 1
     assert f"{tmp_path / 'faces' / 'eval' / 'images'}: no images to check" in result.stderr
+
+
+def test_an_onnx_run_takes_the_thread_count_torch_and_the_detector_use(exported):
+    project, _ = exported
+    before = torch.get_num_threads()
+    try:
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            runner = inference_model(load_run(project / "mask" / "exp"), "onnx")
+            assert runner.session.get_session_options().intra_op_num_threads == threads
+    finally:
+        torch.set_num_threads(before)
