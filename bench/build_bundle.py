@@ -6,8 +6,10 @@
 
 1. Crops: ``maskcls crop`` of the dev set with its extra faces, and of ood_ffhq, for every detector configs/ name.
 2. Train: configs/' recipe of each task (its seed ensemble) on every labelled source of ../shared/data that suits
-   it: the dev set's train people for every task, the extra faces (no masks) for age and gender. The same command
-   again finishes an interrupted training.
+   it: the dev set's train people for every task, and every folder in the extra layout (``images/`` and a
+   ``labels.csv`` with ``file``) whose labels carry the task's column: today the extra faces (age and gender, no
+   masks); a source dropped there later is trained on too (the model card's data section names the sources by
+   hand: their licences need a reader). The same command again finishes an interrupted training.
 3. Pack: the first ``--members`` of each task's ensemble, weights as int8 per output channel (maskcls.quantize),
    into a staging bundle beside the runs (<project>/staging).
 4. Check: ``maskcls submit`` on the dev eval with the staging bundle and with the full ensembles (``--tta``: both
@@ -46,7 +48,6 @@ from maskcls.runs import expand_runs  # noqa: E402
 from maskcls.tasks import SPECIALISTS  # noqa: E402
 
 SETS = {"dev": SHARED_DATA / "faces", "ood": SHARED_DATA / "ood_ffhq"}
-EXTRA = SHARED_DATA / "extra_faces"
 PARTS = {"mask": 0, "gender": 1, "age": 2}  # position in labels.decode's (mask, gender, age_band)
 FLOOR_POINT, FLOOR_LOWER = -0.01, -0.03  # bundle minus ensemble, per task, on the dev eval
 # the members that fit 30 MB as int8 (lite0 about 3.7 MB, lite2 about 5.2 MB): two seeds of each task; the
@@ -58,12 +59,28 @@ BANDS = ("<30", "30-59", ">=60")  # the true age bands, as a reader names them
 
 def train_sources(task: str) -> list[str]:
     """The overrides that give ``task`` every labelled source of ../shared/data that suits it."""
-    return [f"data_dir={SETS['dev']}"] + ([f"extra_data={EXTRA}"] if task in ("age", "gender") else [])
+    sources = labelled_sources(task)
+    return [f"data_dir={SETS['dev']}"] + ([f"extra_data=[{','.join(map(str, sources))}]"] if sources else [])
+
+
+def labelled_sources(task: str, data: Path = SHARED_DATA) -> list[Path]:
+    """The folders of ``data`` in the extra layout (``images/`` and a ``labels.csv`` with ``file``) whose labels
+    carry ``task``'s column (``age``, ``gender`` or ``mask``), by name."""
+    def columns(folder: Path) -> list[str]:
+        return list(pd.read_csv(folder / "labels.csv", nrows=0).columns)
+    return sorted(f for f in data.iterdir() if (f / "images").is_dir() and (f / "labels.csv").is_file()
+                  and {"file", task} <= set(columns(f))) if data.is_dir() else []
+
+
+def extra_crop_options() -> list[str]:
+    """``--extra FOLDER`` for every labelled source any task trains on, for :func:`crop_all`."""
+    folders = dict.fromkeys(f for task in SPECIALISTS for f in labelled_sources(task))
+    return [option for folder in folders for option in ("--extra", str(folder))]
 
 
 def trained_runs(project: Path) -> dict[str, list[Path]]:
     """configs/' recipe of every task in ``project`` (trained, finished or reused): each task's members."""
-    crop_all(SETS["dev"], "--extra", str(EXTRA))
+    crop_all(SETS["dev"], *extra_crop_options())
     crop_all(SETS["ood"])
     runs = {}
     for task in SPECIALISTS:

@@ -6,7 +6,7 @@
 1. Split the dev set's train people by a seeded draw into A (the bundle's) and B (held out), as datasets of links
    into ../shared/data/faces (no copies) that read the dev set's crop cache.
 2. A measurement bundle: configs/' recipe of each task (one seed), trained on A with every source that suits it
-   (the extra faces for age and gender), packed as the real bundle is (int8 per output channel).
+   (build_bundle's: the extra faces for age and gender), packed as the real bundle is (int8 per output channel).
 3. Fine-tune each task on B alone (no extra faces: the bundle has seen them), configs/' recipe, from ImageNet
    (the configs' start) and from the measurement bundle (``pretrained=maskcls``): one epoch, and the recipe's epochs.
 4. Score every start on the dev eval (people in neither A nor B) and on ood_ffhq: per task macro F1 with 95 %
@@ -27,7 +27,7 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root: `python bench/finetune.py`
 
-from bench.build_bundle import EXTRA, PARTS, SETS, scored, submission, train_sources  # noqa: E402
+from bench.build_bundle import PARTS, SETS, extra_crop_options, scored, submission, train_sources  # noqa: E402
 from bench.generalise import f1_cell  # noqa: E402
 from bench.common import crop_all, epochs_seconds, finished_run  # noqa: E402
 from maskcls.bundle import BUNDLE_ENV, write_bundle  # noqa: E402
@@ -134,12 +134,12 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=42, help="the draw of B's people")
     parser.add_argument("--project", type=Path, default=Path("runs/finetune"))
     args = parser.parse_args()
-    if not all(p.is_dir() for p in (*SETS.values(), EXTRA)):
-        print(f"skip: {', '.join(str(p) for p in (*SETS.values(), EXTRA))} needed")
+    if not all(p.is_dir() for p in SETS.values()):
+        print(f"skip: {', '.join(str(p) for p in SETS.values())} needed")
         return
     project = args.project.resolve()
     print(f"command: python bench/finetune.py --held-out {args.held_out} --seed {args.seed} --project {args.project}")
-    crop_all(SETS["dev"], "--extra", str(EXTRA))
+    crop_all(SETS["dev"], *extra_crop_options())
     crop_all(SETS["ood"])
     crops = resolve_cache_dir(SETS["dev"])
     a, b = split_people(SETS["dev"], args.held_out, args.seed)

@@ -188,3 +188,30 @@ def test_every_fine_tune_start_is_one_member_per_task_and_only_the_bundle_starts
     for run, overrides in trained:
         assert ("pretrained=maskcls" in overrides) == run.name.startswith("bundle")
         assert ("epochs=1" in overrides) == run.name.endswith("-1") or load_config(run.parent.name).epochs == 1
+
+
+def test_the_rebuild_trains_each_task_on_every_extra_source_whose_labels_carry_its_column(tmp_path):
+    build_bundle = importlib.import_module("bench.build_bundle")
+
+    def source(name: str, header: str, images: bool = True) -> Path:
+        folder = tmp_path / name
+        (folder / "images" if images else folder).mkdir(parents=True)
+        (folder / "labels.csv").write_text(header + "\n")
+        return folder
+
+    faces = source("extra_faces", "file,age,gender,race,source")
+    masks = source("masked", "file,mask")
+    source("photos", "photo,x1,y1,x2,y2,mask", images=False)  # labelled boxes to score detect on, not to train
+    source("boxes", "photo,mask")  # no file column: not the extra layout
+    (tmp_path / "ood_ffhq" / "eval").mkdir(parents=True)  # eval only
+    assert build_bundle.labelled_sources("age", tmp_path) == [faces]
+    assert build_bundle.labelled_sources("gender", tmp_path) == [faces]
+    assert build_bundle.labelled_sources("mask", tmp_path) == [masks]
+    assert build_bundle.labelled_sources("age", tmp_path / "absent") == []
+
+
+def test_one_extra_source_given_as_a_list_resolves_to_the_run_name_it_had_as_a_path():
+    from bench.generalise import recipe_name
+
+    folder = "../shared/data/extra_faces"
+    assert recipe_name("age", [f"extra_data={folder}"]) == recipe_name("age", [f"extra_data=[{folder}]"])
