@@ -50,9 +50,10 @@ from maskcls.tasks import SPECIALISTS  # noqa: E402
 SETS = {"dev": SHARED_DATA / "faces", "ood": SHARED_DATA / "ood_ffhq"}
 PARTS = {"mask": 0, "gender": 1, "age": 2}  # position in labels.decode's (mask, gender, age_band)
 FLOOR_POINT, FLOOR_LOWER = -0.01, -0.03  # bundle minus ensemble, per task, on the dev eval
-# the members that fit 30 MB as int8 (lite0 about 3.7 MB, lite2 about 5.2 MB): two seeds of each task; the
-# configs' whole ensembles (mask 3, age 2, gender 3) would take about 32 MB
-DEFAULT_MEMBERS = {"mask": 2, "age": 2, "gender": 2}
+# the members that fit 30 MB as int8 (lite0 about 3.6 MB, lite2 about 5.2 MB): the configs' whole mask and age
+# ensembles and two of gender's three seeds (the third gender seed moved nothing: "Bundled models")
+DEFAULT_MEMBERS = {"mask": 3, "age": 2, "gender": 2}
+STORED = {"int8": "int8 per output channel, their scales, norms and biases float16", "float16": "float16"}
 RACES = ("White", "Black", "Asian", "Indian", "Others")  # UTKFace's race code in its file names
 BANDS = ("<30", "30-59", ">=60")  # the true age bands, as a reader names them
 
@@ -183,7 +184,7 @@ def model_card(version: str, members: dict[str, list[Path]], storage: str, resul
         "Three specialists that answer `maskcls detect PHOTO`, `serve`, `predict`, `submit` and `from maskcls import "
         "FaceChecker` right after install: mask (worn / incorrect / not worn), gender (male / female) and age band "
         f"(<30 / 30-59 / >=60, from a head over single years that also gives the expected age). {nets}; weights "
-        f"stored as {storage} per output channel ({size_mb:.1f} MB in all), computed in float32. Each task is a vote "
+        f"stored as {STORED[storage]} ({size_mb:.1f} MB in all), computed in float32. Each task is a vote "
         f"of seeds of the recipe in configs/ (seeds: {seeds}); the ensembles they were packed from, and measured "
         f"against below, hold {voted} members. Rebuilt by `python bench/build_bundle.py` (it trains the ensembles), "
         "or from finished runs by `python bench/build_bundle.py --runs mask=A,B,C age=D,E gender=F,G,H`.", 115)

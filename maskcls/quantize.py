@@ -1,7 +1,7 @@
 """Compact weights for the bundled models: every float tensor of two or more dimensions (convolutions, the head)
-stored as int8 with one scale per output channel (symmetric, weight-only), the rest (norms, biases, running
-statistics) as float32. The network still computes in float32 after :func:`expand_state`; its file is about a
-quarter of float32's (benchmarks: "Bundled models").
+stored as int8 with one scale per output channel (symmetric, weight-only), the scales and the rest (norms, biases,
+running statistics) as float16, whose rounding is a tenth of int8's. The network still computes in float32 after
+:func:`expand_state`; its file is about a quarter of float32's (benchmarks: "Bundled models").
 """
 from __future__ import annotations
 
@@ -12,7 +12,8 @@ STORAGES = ("int8", "float16", "float32")
 
 def pack_state(state: dict[str, torch.Tensor], storage: str = "int8") -> dict:
     """``state`` (a model's state dict) for a file: ``int8`` as above, or every float tensor in ``float16`` or
-    ``float32``. Integer tensors (BatchNorm's step counters) are kept as they are."""
+    ``float32``. Integer tensors (BatchNorm's step counters) are kept as they are. Files packed when int8's
+    companions were float32 expand the same way."""
     if storage not in STORAGES:
         raise ValueError(f"storage must be one of {STORAGES}, got {storage!r}")
     return {name: _pack(tensor, storage) if tensor.is_floating_point() else tensor for name, tensor in state.items()}
@@ -26,10 +27,11 @@ def expand_state(packed: dict) -> dict[str, torch.Tensor]:
 def _pack(tensor: torch.Tensor, storage: str):
     if storage == "int8" and tensor.dim() >= 2:
         rows = tensor.detach().float().reshape(tensor.shape[0], -1)
-        scale = rows.abs().amax(dim=1).clamp_min(1e-12) / 127
-        q = torch.round(rows / scale[:, None]).clamp(-127, 127).to(torch.int8).reshape(tensor.shape)
+        # the scale as stored (float16, never 0) is the one rounded to: each weight within half a step of it
+        scale = (rows.abs().amax(dim=1) / 127).half().clamp_min(2.0 ** -24)  # float16's smallest step
+        q = torch.round(rows / scale.float()[:, None]).clamp(-127, 127).to(torch.int8).reshape(tensor.shape)
         return {"int8": q.contiguous(), "scale": scale}
-    return tensor.detach().to(torch.float16 if storage == "float16" else torch.float32).clone()
+    return tensor.detach().to(torch.float32 if storage == "float32" else torch.float16).clone()
 
 
 def _expand(value) -> torch.Tensor:

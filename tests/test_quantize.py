@@ -19,15 +19,26 @@ def test_int8_error_is_within_half_a_step_of_each_channel():
     weight = torch.randn(16, 8, 3, 3) * torch.linspace(0.01, 3, 16).reshape(-1, 1, 1, 1)  # channels of other scales
     packed = pack_state({"w": weight})
     assert packed["w"]["int8"].dtype == torch.int8
-    step = weight.reshape(16, -1).abs().amax(1) / 127
+    step = packed["w"]["scale"].float()  # as stored: float16
+    assert torch.allclose(step, weight.reshape(16, -1).abs().amax(1) / 127, rtol=1e-3)
     error = (expand_state(packed)["w"] - weight).abs().reshape(16, -1).amax(1)
     assert torch.all(error <= step / 2 + 1e-7)
+
+
+def test_int8_keeps_its_companions_in_float16_and_a_silent_channel_expands_to_zeros():
+    weight = torch.randn(4, 3)
+    weight[2] = 0  # a channel that never learned (a zero-initialised head's row)
+    packed = pack_state({"w": weight, "bias": torch.randn(4)})
+    assert packed["bias"].dtype == torch.float16 and packed["w"]["scale"].dtype == torch.float16
+    out = expand_state(packed)
+    assert out["bias"].dtype == torch.float32 and torch.equal(out["w"][2], torch.zeros(3))
+    assert torch.isfinite(out["w"]).all()
 
 
 def test_vectors_and_integer_buffers_are_kept():
     state = {"bias": torch.randn(5), "num_batches_tracked": torch.tensor(7)}
     out = expand_state(pack_state(state))
-    assert torch.equal(out["bias"], state["bias"]) and out["num_batches_tracked"].item() == 7
+    assert torch.allclose(out["bias"], state["bias"], rtol=1e-3) and out["num_batches_tracked"].item() == 7
     assert out["num_batches_tracked"].dtype == torch.int64
 
 
