@@ -37,7 +37,7 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root: `python bench/build_bundle.py`
 
-from bench.common import SHARED_DATA, crop_all, maskcls  # noqa: E402
+from bench.common import SHARED_DATA, crop_all, extra_options, maskcls  # noqa: E402
 from bench.generalise import f1_cell  # noqa: E402
 from maskcls.bundle import BUNDLE_ENV, MANIFEST, bundle_dir, write_bundle  # noqa: E402
 from maskcls.config import load_config  # noqa: E402
@@ -75,8 +75,7 @@ def labelled_sources(task: str, data: Path = SHARED_DATA) -> list[Path]:
 
 def extra_crop_options() -> list[str]:
     """``--extra FOLDER`` for every labelled source any task trains on, for :func:`crop_all`."""
-    folders = dict.fromkeys(f for task in SPECIALISTS for f in labelled_sources(task))
-    return [option for folder in folders for option in ("--extra", str(folder))]
+    return extra_options(load_config(task, train_sources(task)[1:]) for task in SPECIALISTS)
 
 
 def trained_runs(project: Path) -> dict[str, list[Path]]:

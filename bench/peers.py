@@ -157,7 +157,8 @@ def parse_args(doc: str, alone: str, alone_help: str, add_options) -> argparse.N
     parser.add_argument("--bundled", action="store_true", help="the specialists bundled with maskcls")
     parser.add_argument("--tta", action="store_true", help="our runs with their test-time views")
     parser.add_argument("--runtime", choices=("torch", "onnx"), default="torch",
-                        help="our models on PyTorch, or their ONNX exports on onnxruntime (`maskcls export onnx` first)")
+                        help="our models on PyTorch, or their ONNX exports on onnxruntime "
+                             "(`maskcls export onnx` first)")
     parser.add_argument(alone, dest="alone", action="store_true", help=alone_help)
     add_options(parser)
     args = parser.parse_args()

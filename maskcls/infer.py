@@ -82,14 +82,16 @@ class OnnxRunner(nn.Module):
     """An ONNX file behind the PyTorch model's interface: an images tensor in, a logits tensor out (on the
     images' device). onnxruntime runs on the CPU whatever the device of the surrounding TTA."""
 
-    def __init__(self, path: str | Path, threads: int = 0):
+    def __init__(self, path: str | Path, threads: int | None = None):
         super().__init__()
         try:
             import onnxruntime as ort
         except ImportError:
             raise ExportError(f"{path}: running ONNX needs onnxruntime: pip install 'maskcls[onnx]'") from None
         options = ort.SessionOptions()
-        options.intra_op_num_threads = threads  # 0: onnxruntime's default, one per physical core
+        # None: the thread count torch and the face detector use (onnxruntime's own default, every core, is slow
+        # at batch 1 on a small machine); 0: onnxruntime's default
+        options.intra_op_num_threads = torch.get_num_threads() if threads is None else threads
         options.log_severity_level = 3  # errors only: its warnings about unused initialisers are noise here
         try:
             self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
@@ -119,7 +121,7 @@ def load_onnx_model(run: Run) -> OnnxRunner:
     source = checkpoint_file(run.run_dir, run.which)
     if not path.is_file():
         raise ExportError(f"{path}: no ONNX export of {source.name}; {export_hint}")
-    runner = OnnxRunner(path, threads=torch.get_num_threads())  # the thread count torch and the detector use
+    runner = OnnxRunner(path)
     if runner.metadata.get("checkpoint_sha1") != file_hash(source):
         raise ExportError(f"{path}: exported from another {source.name} (the checkpoint changed since); {export_hint}")
     return runner

@@ -246,7 +246,8 @@ def test_a_new_head_starts_near_zero_and_only_a_drawn_one_gives_the_features_a_g
         head = torch.nn.Linear(1280, 3)
         init_classifier(_with_classifier(head), std)
         logits = head(features)
-        assert logits.abs().max() < 1.0 and float(head.bias.detach().abs().max()) == 0.0  # every class about 1/3: loss ln 3
+        # every class about 1/3: loss ln 3
+        assert logits.abs().max() < 1.0 and float(head.bias.detach().abs().max()) == 0.0
         F.cross_entropy(logits, target).backward()
         assert (float(features.grad.abs().max()) > 0) == (std > 0)  # a zero head passes the features no gradient
         assert float(head.weight.detach().std()) == pytest.approx(std, abs=0.002)
